@@ -1,0 +1,31 @@
+# Both targets build .venv on first use. torch is pinned in the same pip call as everything else:
+# on a machine with a local CPU wheel pip takes it; elsewhere PyPI's default (CUDA on Linux) build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH := torch==2.13.0
+
+.PHONY: run test venv bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH) -e '.[test]'
+	# Only for its CLIP BPE file (the offline test model's tokenizer); its torchvision deps are not needed.
+	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/easel run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/engine_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,130 @@
+"""What each `easel` subcommand does; argument parsing lives in main.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable
+
+from generation.config import Config
+from generation.errors import EaselError
+
+
+def make_test_model(target: Path) -> int:
+    from generation.testing import write_test_model
+
+    paths = write_test_model(target)
+    print(f"wrote {paths.folder} (diffusers folder) and {paths.single_file} (single file)")
+    return 0
+
+
+def info(image: Path) -> int:
+    from generation.infotext import read_infotext
+
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        raise EaselError(f"cannot read {image}: {exc.strerror}") from None
+    text = read_infotext(data)
+    if not text:
+        raise EaselError(f"{image.name} carries no generation parameters")
+    print(text)
+    return 0
+
+
+def _registry(config: Config):
+    from generation.hashing import JsonHashCache
+    from generation.registry import ModelRegistry
+
+    registry = ModelRegistry.from_config(config, hash_cache=JsonHashCache(config.data_dir / "hashes.json"))
+    registry.refresh()
+    return registry
+
+
+def models(config: Config) -> int:
+    registry = _registry(config)
+    snapshot = registry.snapshot
+    print(f"checkpoints in {registry.checkpoints_dir}:")
+    if not snapshot.checkpoints:
+        print("  (none)")
+    for info in snapshot.checkpoints:
+        vae = "  +vae" if info.vae_path else ""
+        print(f"  {info.name:<32} [{info.short_hash}] {info.format:<11} {info.architecture}{vae}")
+    for skipped in snapshot.skipped:
+        print(f"  skipped {Path(skipped.path).name}: {skipped.reason}")
+    print(f"embeddings in {registry.embeddings_dir}:")
+    if not snapshot.embeddings:
+        print("  (none)")
+    for embedding in snapshot.embeddings:
+        status = f"skipped: {embedding.skip_reason}" if embedding.skip_reason else "ok"
+        print(f"  {embedding.trigger:<32} [{embedding.ti_hash}] {embedding.vectors} x {embedding.width}  {status}")
+    return 0
+
+
+def request_from_args(config: Config, args) -> "GenerationRequest":
+    from generation.requests import GenerationRequest
+
+    d = config.defaults
+    mode = "inpaint" if args.mask else ("img2img" if args.init else "txt2img")
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=d.negative_prompt if args.negative is None else args.negative,
+        mode=mode, checkpoint=args.checkpoint or "",
+        sampler=args.sampler or d.sampler, schedule=args.schedule or (d.schedule if not args.sampler else "Automatic"),
+        steps=d.steps if args.steps is None else args.steps,
+        cfg_scale=d.cfg_scale if args.cfg is None else args.cfg,
+        width=d.width if args.width is None else args.width, height=d.height if args.height is None else args.height,
+        seed=args.seed, count=d.count if args.count is None else args.count,
+        init_image=str(args.init) if args.init else None, mask=str(args.mask) if args.mask else None,
+        strength=d.strength if args.strength is None else args.strength,
+        clip_skip=d.clip_skip if args.clip_skip is None else args.clip_skip,
+    )
+
+
+def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:
+    if out.suffix.lower() == ".png":
+        if count == 1:
+            return [out]
+        return [out.with_name(f"{out.stem}-{seed}.png") for seed in seeds]
+    return [out / f"{seed}.png" for seed in seeds]
+
+
+def generate(config: Config, args, *, progress: Callable[[int, int], None]) -> int:
+    from generation.engine import Engine
+    from generation.infotext import png_with_infotext
+
+    registry = _registry(config)
+    checkpoint = args.checkpoint
+    if checkpoint and (Path(checkpoint).exists() or "/" in checkpoint and Path(checkpoint).suffix):
+        registry = _registry_with_path(config, registry, Path(checkpoint))
+        checkpoint = registry.extra_name
+    request = dataclasses.replace(request_from_args(config, args), checkpoint=checkpoint)
+    engine = Engine(config=config, registry=registry)
+    request = engine.check_request(request).with_resolved_seed()
+    images = engine.generate(request, on_progress=lambda p: progress(p.step, p.total))
+    paths = output_paths(args.out, len(images), [image.seed for image in images])
+    for image, path in zip(images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_with_infotext(image.image, image.infotext))
+        print(path)
+    return 0
+
+
+def _registry_with_path(config: Config, registry, path: Path):
+    """The operator may name a checkpoint by path on the command line (never from Discord)."""
+    from generation.checkpoints import checkpoint_from_path
+    from generation.registry import ModelSnapshot
+
+    info = checkpoint_from_path(path, allow_pickle=config.models.allow_pickle_checkpoints)
+    snapshot = registry.snapshot
+    registry._snapshot = ModelSnapshot((info,) + tuple(c for c in snapshot.checkpoints if c.name != info.name),
+                                       snapshot.skipped, snapshot.embeddings)
+    registry.extra_name = info.name
+    return registry
+
+
+def run_bot(config: Config) -> int:
+    from bot.app import run
+
+    return run(config)

@@ -1,0 +1,91 @@
+"""The `easel` command: run the bot, generate from the terminal, list models, build the test model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _progress_bar(step: int, total: int) -> None:
+    width = 30
+    filled = int(width * step / max(1, total))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total}")
+    if step >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from a prompt (A1111 prompt syntax)")
+    p.add_argument("prompt")
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--checkpoint", default="", help="checkpoint name, folder or file path")
+    p.add_argument("--sampler", default=None, help='A1111 sampler name, e.g. "DPM++ 2M Karras"')
+    p.add_argument("--schedule", default=None, help="schedule type: Automatic, Karras, Exponential, Beta, SGM Uniform")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg", type=float, default=None, help="CFG scale")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--seed", type=int, default=-1, help="-1: random")
+    p.add_argument("--count", type=int, default=None)
+    p.add_argument("--clip-skip", type=int, default=None)
+    p.add_argument("--init", type=Path, default=None, help="init image: img2img (or inpaint with --mask)")
+    p.add_argument("--strength", type=float, default=None, help="denoising strength for --init, 0-1")
+    p.add_argument("--mask", type=Path, default=None, help="inpaint mask, white = repaint")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder, or a .png path for one image")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="easel", description="Stable Diffusion for a Discord community, on your own GPU.")
+    parser.add_argument("--config", type=Path, default=None, help="config.toml (default: $EASEL_CONFIG or ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
+    _add_generate(sub)
+    sub.add_parser("models", help="list checkpoints and embeddings with hashes and skip reasons")
+    p = sub.add_parser("make-test-model", help="write a tiny offline SD-1.x model (random weights) for tests and demos")
+    p.add_argument("target", type=Path, help="folder to write; DIR.safetensors is written beside it")
+    p = sub.add_parser("info", help="print the generation parameters stored in a PNG/JPEG/WEBP")
+    p.add_argument("image", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from generation.errors import EaselError
+
+    try:
+        return _dispatch(args)
+    except EaselError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("easel: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from . import commands
+
+    if args.command == "make-test-model":
+        return commands.make_test_model(args.target)
+    if args.command == "info":
+        return commands.info(args.image)
+    from generation.config import load_config
+
+    config = load_config(args.config)
+    if args.command == "models":
+        return commands.models(config)
+    if args.command == "generate":
+        return commands.generate(config, args, progress=_progress_bar)
+    if args.command == "run":
+        return commands.run_bot(config)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Settings: config.toml validated at start, plus environment overrides for containers.
+
+Every key has a default here; config.toml at the project root repeats them with comments. An
+unknown key or a wrong value stops the start with one message that lists every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+from .errors import EaselError
+
+
+class ConfigError(EaselError):
+    pass
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    dev_guild_id: int = 0  # 0: sync commands globally
+    allow_dms: bool = False
+    progress_edit_interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: str = "data"
+    models_dir: str = "models"
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    default_checkpoint: str = ""
+    pipeline_cache_size: int = 2
+    allow_pickle_checkpoints: bool = False
+    allow_hub_checkpoints: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    min_steps: int = 1
+    max_steps: int = 60
+    min_size: int = 64
+    max_width: int = 1536
+    max_height: int = 1536
+    max_pixels: int = 1024 * 1024
+    max_count: int = 4
+    max_cfg_scale: float = 30.0
+    max_prompt_chunks: int = 6
+    max_clip_skip: int = 12
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    sampler: str = "Euler a"
+    schedule: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    count: int = 1
+    negative_prompt: str = ""
+    strength: float = 0.75
+    clip_skip: int = 1
+
+
+@dataclass(frozen=True)
+class PreviewsConfig:
+    every_n_steps: int = 4
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_batch: int = 4
+    per_user_queued: int = 5
+    per_guild_queued: int = 50
+    affinity_lookahead: int = 4
+    max_attempts: int = 3
+    job_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    previews: PreviewsConfig = field(default_factory=PreviewsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    discord_token: str = field(default="", repr=False)  # from DISCORD_TOKEN only, never from the file
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.paths.data_dir).expanduser()
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.paths.models_dir).expanduser()
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.models_dir / "checkpoints"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.models_dir / "embeddings"
+
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check_value(section: str, key: str, value: Any, expected: type) -> tuple[Any, str | None]:
+    where = f"[{section}] {key}"
+    if expected is bool:
+        if not isinstance(value, bool):
+            return value, f"{where} must be true or false, not {value!r}"
+    elif expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return value, f"{where} must be a whole number, not {value!r}"
+        if value < 0:
+            return value, f"{where} must not be negative"
+    elif expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value, f"{where} must be a number, not {value!r}"
+        value = float(value)
+        if value < 0:
+            return value, f"{where} must not be negative"
+    elif expected is str:
+        if not isinstance(value, str):
+            return value, f"{where} must be a string, not {value!r}"
+    return value, None
+
+
+def _cross_checks(config: Config) -> list[str]:
+    problems = []
+    lim, dflt = config.limits, config.defaults
+    if config.device.device not in _DEVICES:
+        problems.append(f"[device] device must be one of {', '.join(_DEVICES)}, not {config.device.device!r}")
+    if not 1 <= lim.min_steps <= lim.max_steps:
+        problems.append("[limits] need 1 <= min_steps <= max_steps")
+    if not lim.min_steps <= dflt.steps <= lim.max_steps:
+        problems.append(f"[defaults] steps must be within {lim.min_steps}-{lim.max_steps}")
+    for name in ("min_size", "max_width", "max_height"):
+        if getattr(lim, name) % 8 or getattr(lim, name) == 0:
+            problems.append(f"[limits] {name} must be a positive multiple of 8")
+    for name in ("width", "height"):
+        value = getattr(dflt, name)
+        if value % 8 or value < lim.min_size:
+            problems.append(f"[defaults] {name} must be a multiple of 8 and at least min_size")
+    if dflt.width * dflt.height > lim.max_pixels:
+        problems.append("[defaults] width x height exceeds [limits] max_pixels")
+    if not 1 <= dflt.count <= lim.max_count:
+        problems.append(f"[defaults] count must be within 1-{lim.max_count}")
+    if not 0.0 <= dflt.strength <= 1.0:
+        problems.append("[defaults] strength must be within 0-1")
+    if not 1 <= dflt.clip_skip <= lim.max_clip_skip:
+        problems.append("[defaults] clip_skip must be within 1-[limits] max_clip_skip")
+    if lim.max_prompt_chunks < 1:
+        problems.append("[limits] max_prompt_chunks must be at least 1")
+    if config.models.pipeline_cache_size < 1:
+        problems.append("[models] pipeline_cache_size must be at least 1")
+    if config.previews.every_n_steps < 1:
+        problems.append("[previews] every_n_steps must be at least 1")
+    if config.queue.max_batch < 1 or config.queue.max_attempts < 1:
+        problems.append("[queue] max_batch and max_attempts must be at least 1")
+    try:
+        from .samplers import resolve_sampler
+
+        resolve_sampler(dflt.sampler, dflt.schedule)
+    except EaselError as exc:
+        problems.append(f"[defaults] sampler: {exc}")
+    return problems
+
+
+def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build a validated Config from parsed TOML and environment variables."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    section_types = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "discord_token"}
+    hints = get_type_hints(Config)
+    for section, raw in data.items():
+        if section not in section_types:
+            problems.append(f"unknown section [{section}] (known: {', '.join(section_types)})")
+            continue
+        if not isinstance(raw, Mapping):
+            problems.append(f"[{section}] must be a table")
+            continue
+        cls = hints[section]
+        known = {f.name: get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in raw.items():
+            if key not in known:
+                problems.append(f"unknown key [{section}] {key} (known: {', '.join(known)})")
+                continue
+            value, problem = _check_value(section, key, value, known[key])
+            if problem:
+                problems.append(problem)
+            else:
+                values[key] = value
+        sections[section] = cls(**values)
+    config = Config(**sections)
+    overrides: dict[str, Any] = {}
+    if env.get("EASEL_DATA_DIR"):
+        overrides.setdefault("paths", {})["data_dir"] = env["EASEL_DATA_DIR"]
+    if env.get("EASEL_MODELS_DIR"):
+        overrides.setdefault("paths", {})["models_dir"] = env["EASEL_MODELS_DIR"]
+    if env.get("EASEL_DEVICE"):
+        overrides["device"] = {"device": env["EASEL_DEVICE"].strip().lower()}
+    for section, changes in overrides.items():
+        config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **changes)})
+    config = dataclasses.replace(config, discord_token=env.get("DISCORD_TOKEN", "").strip())
+    problems += _cross_checks(config)
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return config
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read config.toml (EASEL_CONFIG or ./config.toml; built-in defaults when absent)."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = Path(env.get("EASEL_CONFIG", "config.toml"))
+        if not path.exists():
+            return config_from_mapping({}, env)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_mapping(data, env)

@@ -1,0 +1,131 @@
+"""Textual-inversion embeddings: scanning embeddings/, checking widths, loading into a pipeline on use."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .errors import EmbeddingError
+from .hashing import HashCache, sha256_file
+
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+TRIGGER = re.compile(r"^[\w.+-]+$")
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    trigger: str
+    path: str
+    sha256: str | None
+    vectors: int
+    width: int
+    skip_reason: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.skip_reason is None
+
+    @property
+    def ti_hash(self) -> str:
+        """Infotext `TI hashes` value: the first 12 hex chars of the file's sha256."""
+        return (self.sha256 or "")[:12]
+
+
+def read_embedding_tensor(path: Path) -> torch.Tensor:
+    """The [vectors, width] tensor of an A1111 (.pt string_to_param / .safetensors emb_params) or diffusers file.
+
+    Pickled .pt/.bin files come only from the operator's folder and are read with weights_only=True.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif suffix in (".pt", ".bin"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise EmbeddingError(f"{path.name}: unsupported embedding format")
+    if isinstance(state, torch.Tensor):
+        tensor = state
+    elif isinstance(state, dict) and isinstance(state.get("string_to_param"), dict):
+        params = state["string_to_param"]
+        if "*" not in params:
+            raise EmbeddingError(f"{path.name}: A1111 file without a '*' vector")
+        tensor = params["*"]
+    elif isinstance(state, dict) and "clip_l" in state and "clip_g" in state:
+        raise EmbeddingError(f"{path.name}: SDXL embeddings (clip_l + clip_g) are not supported yet")
+    elif isinstance(state, dict) and "emb_params" in state:
+        tensor = state["emb_params"]
+    elif isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), torch.Tensor):
+        tensor = next(iter(state.values()))
+    else:
+        raise EmbeddingError(f"{path.name}: not an embedding (expected one tensor, emb_params or string_to_param)")
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (1, 2) or tensor.numel() == 0:
+        raise EmbeddingError(f"{path.name}: the embedding tensor must have shape [vectors, width]")
+    return tensor.reshape(1, -1) if tensor.ndim == 1 else tensor
+
+
+def scan_embeddings(folder: Path, *, expected_width: int | None, hash_cache: HashCache | None = None) -> list[EmbeddingInfo]:
+    """Every embedding file in `folder`; those that cannot be used carry a skip reason."""
+    found: list[EmbeddingInfo] = []
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not path.is_file() or path.suffix.lower() not in EMBEDDING_SUFFIXES:
+            continue
+        trigger = path.stem
+        try:
+            sha = sha256_file(path, hash_cache)
+        except OSError as exc:
+            found.append(EmbeddingInfo(trigger, str(path), None, 0, 0, f"unreadable: {exc}"))
+            continue
+        if not TRIGGER.match(trigger):
+            found.append(EmbeddingInfo(trigger, str(path), sha, 0, 0, "file name must be one word (letters, digits, _ . + -)"))
+            continue
+        if any(e.trigger == trigger for e in found):
+            found.append(EmbeddingInfo(trigger, str(path), sha, 0, 0, "another file has the same trigger word"))
+            continue
+        try:
+            tensor = read_embedding_tensor(path)
+        except EmbeddingError as exc:
+            found.append(EmbeddingInfo(trigger, str(path), sha, 0, 0, str(exc).split(": ", 1)[-1]))
+            continue
+        except Exception as exc:  # corrupt file, refused pickle content, ...
+            found.append(EmbeddingInfo(trigger, str(path), sha, 0, 0, f"unreadable: {type(exc).__name__}"))
+            continue
+        vectors, width = tensor.shape
+        reason = None
+        if expected_width is not None and width != expected_width:
+            reason = f"width {width} does not match the text encoder's {expected_width}"
+        found.append(EmbeddingInfo(trigger, str(path), sha, int(vectors), int(width), reason))
+    return found
+
+
+def triggers_in(text: str, embeddings: Iterable[EmbeddingInfo]) -> list[EmbeddingInfo]:
+    """Embeddings whose trigger word appears in `text` as a whole word."""
+    used = []
+    for embedding in embeddings:
+        if re.search(rf"(?<![\w.+-]){re.escape(embedding.trigger)}(?![\w.+-])", text):
+            used.append(embedding)
+    return used
+
+
+def ensure_loaded(pipe, embeddings: Iterable[EmbeddingInfo], loaded: set[str]) -> None:
+    """Load each embedding into the pipeline's tokenizer and text encoder once; `loaded` tracks which are in."""
+    width = pipe.text_encoder.config.hidden_size
+    for embedding in embeddings:
+        if embedding.trigger in loaded:
+            continue
+        if not embedding.usable:
+            raise EmbeddingError(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
+        tensor = read_embedding_tensor(Path(embedding.path))
+        if tensor.shape[1] != width:
+            raise EmbeddingError(
+                f"embedding {embedding.trigger} has width {tensor.shape[1]}, this checkpoint's text encoder needs {width}"
+            )
+        pipe.load_textual_inversion(tensor.to(pipe.text_encoder.dtype), token=embedding.trigger)
+        loaded.add(embedding.trigger)

@@ -1,0 +1,249 @@
+"""The generation engine: one entry point that turns validated requests into images.
+
+`Engine.run_batch` runs several compatible requests (same checkpoint, mode, sampler, steps, CFG,
+size, ...) as ONE pipeline call with one generator per image, and splits the results back, so a
+job gets the same images it would get alone. Only one thread may call it at a time (the
+executor's worker owns the GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Hashable, Sequence
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .config import Config
+from .embeddings import EmbeddingInfo, ensure_loaded, triggers_in
+from .errors import Canceled, EaselError, InvalidRequest
+from .images import load_user_image
+from .infotext import format_infotext
+from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
+from .previews import latents_to_preview
+from .registry import ModelRegistry
+from .requests import GenerationRequest, validate_request
+from .samplers import make_scheduler, resolve_sampler
+
+log = logging.getLogger(__name__)
+
+
+class CancelToken:
+    """Set from any thread; checked by the sampling loop after every step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = "canceled"
+
+    def cancel(self, reason: str = "canceled") -> None:
+        self.reason = reason
+        self._event.set()
+
+    @property
+    def canceled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    step: int  # steps done, 1-based
+    total: int
+    preview: Image.Image | None = None  # one preview per image of the job
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    index: int  # within its job
+    seed: int
+    image: Image.Image
+    infotext: str
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    key: Hashable  # the job id, or anything the caller uses to tell items apart
+    request: GenerationRequest  # validated, seed resolved
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+ProgressCallback = Callable[[Hashable, StepProgress], None]
+
+
+def batch_key(request: GenerationRequest, checkpoint_name: str) -> tuple:
+    """Requests with equal keys can share one pipeline call."""
+    embeddings_marker = None  # embeddings are loaded per checkpoint, so they never block batching
+    return (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, float(request.cfg_scale),
+            request.width, request.height, request.clip_skip,
+            float(request.strength) if request.mode != "txt2img" else None, embeddings_marker)
+
+
+class Engine:
+    def __init__(self, *, config: Config, registry: ModelRegistry, cache: PipelineCache | None = None):
+        self.config = config
+        self.registry = registry
+        self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
+                                            device=DeviceSpec.choose(config.device.device))
+
+    # ------------------------------------------------------------------ checks
+    def check_request(self, request: GenerationRequest) -> GenerationRequest:
+        """Everything that can be checked before queueing: limits, sampler, checkpoint, embeddings, prompt length."""
+        validate_request(request, self.config.limits)
+        info = self.registry.resolve(request.checkpoint)  # raises ModelNotFound with a hint
+        problems = []
+        for embedding in self.embeddings_used(request):
+            if not embedding.usable:
+                problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
+        if problems:
+            raise InvalidRequest(problems)
+        del info
+        return request
+
+    def embeddings_used(self, request: GenerationRequest) -> list[EmbeddingInfo]:
+        return triggers_in(request.prompt + "\n" + request.negative_prompt, self.registry.embeddings)
+
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        return batch_key(request, self.registry.resolve(request.checkpoint).name)
+
+    # ------------------------------------------------------------------ running
+    def generate(self, request: GenerationRequest, *, on_progress: Callable[[StepProgress], None] | None = None,
+                 cancel: CancelToken | None = None) -> list[GeneratedImage]:
+        """One request on its own; raises Canceled when canceled."""
+        request = self.check_request(request).with_resolved_seed()
+        item = BatchItem(key=0, request=request, cancel=cancel or CancelToken())
+        results = self.run_batch([item], on_progress=(lambda _key, p: on_progress(p)) if on_progress else None)
+        if results[0] is None:
+            raise Canceled(item.cancel.reason)
+        return results[0]
+
+    def run_batch(self, items: Sequence[BatchItem], *, on_progress: ProgressCallback | None = None) -> dict[Hashable, list[GeneratedImage] | None]:
+        """Run compatible requests as one call. A canceled item maps to None; if all are canceled, raises Canceled."""
+        if not items:
+            return {}
+        first = items[0].request
+        info = self.registry.resolve(first.checkpoint)
+        key = batch_key(first, info.name)
+        for item in items:
+            if item.request.seed < 0:
+                raise ValueError("batch items need resolved seeds")
+            if batch_key(item.request, self.registry.resolve(item.request.checkpoint).name) != key:
+                raise ValueError("batch items must share one batch key")
+        loaded = self.cache.get(info)
+        pipe = loaded.pipeline_for(first.mode)
+        used: dict[str, EmbeddingInfo] = {}
+        for item in items:
+            for embedding in self.embeddings_used(item.request):
+                used[embedding.trigger] = embedding
+        ensure_loaded(loaded.base, used.values(), loaded.embeddings)
+        return _BatchRun(engine=self, loaded=loaded, pipe=pipe, items=list(items), used=used,
+                         on_progress=on_progress).run()
+
+
+class _BatchRun:
+    """One pipeline call for a batch: conditioning, generators, the per-step callback, splitting results."""
+
+    def __init__(self, *, engine: Engine, loaded: LoadedCheckpoint, pipe, items: list[BatchItem],
+                 used: dict[str, EmbeddingInfo], on_progress: ProgressCallback | None):
+        self.engine = engine
+        self.loaded = loaded
+        self.pipe = pipe
+        self.items = items
+        self.used = used
+        self.on_progress = on_progress
+        self.request = items[0].request
+        self.choice = resolve_sampler(self.request.sampler, self.request.schedule)
+        self.seeds = [seed for item in items for seed in item.request.seeds()]
+        self.owner = [index for index, item in enumerate(items) for _ in range(item.request.count)]
+        self.every = engine.config.previews.every_n_steps
+
+    def run(self) -> dict[Hashable, list[GeneratedImage] | None]:
+        from .batch_conditioning import BatchConditioning
+
+        request, pipe = self.request, self.pipe
+        pipe.scheduler = make_scheduler(self.choice, self.loaded.scheduler_config, seeds=self.seeds, steps=request.steps)
+        device = self.engine.cache.device
+        self.conditioning = BatchConditioning.build(
+            pipe, [(item.request.prompt, item.request.negative_prompt, item.request.count) for item in self.items],
+            steps=request.steps, clip_skip=request.clip_skip, max_chunks=self.engine.config.limits.max_prompt_chunks,
+        )
+        prompt_embeds, negative_embeds = self.conditioning.at_step(0)
+        kwargs = dict(
+            prompt_embeds=prompt_embeds.to(device.device, device.dtype),
+            negative_prompt_embeds=negative_embeds.to(device.device, device.dtype),
+            num_inference_steps=request.steps,
+            guidance_scale=float(request.cfg_scale),
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
+            output_type="pil",
+            callback_on_step_end=self._on_step_end,
+            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+        )
+        if self.choice.sampler in ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DDIM"):
+            pass  # eta: diffusers' defaults match A1111 (ancestral noise 1.0, DDIM 0.0)
+        if request.mode == "txt2img":
+            kwargs.update(width=request.width, height=request.height)
+        else:
+            limit = self.engine.config.limits.max_pixels * 4
+            kwargs["image"] = [load_user_image(Path(self.items[i].request.init_image), max_pixels=limit)
+                               .convert("RGB").resize((request.width, request.height), Image.LANCZOS) for i in self.owner]
+            kwargs["strength"] = float(request.strength)
+            if request.mode == "inpaint":
+                kwargs.update(width=request.width, height=request.height)
+                kwargs["mask_image"] = [load_user_image(Path(self.items[i].request.mask), max_pixels=limit)
+                                        .convert("L").resize((request.width, request.height), Image.LANCZOS) for i in self.owner]
+        with torch.inference_mode():
+            output = pipe(**kwargs)
+        return self._split(output.images)
+
+    def _on_step_end(self, pipe, step_index: int, timestep, tensors: dict) -> dict:
+        if all(item.cancel.canceled for item in self.items):
+            raise Canceled(self.items[0].cancel.reason)  # stops at once, before the VAE decode
+        done = step_index + 1
+        total = getattr(pipe, "num_timesteps", None) or self.request.steps
+        if self.on_progress is not None:
+            latents = tensors.get("latents")
+            want_preview = latents is not None and (done % self.every == 0 and done < total)
+            for index, item in enumerate(self.items):
+                if item.cancel.canceled:
+                    continue
+                preview = None
+                if want_preview:
+                    first_image = self.owner.index(index)
+                    preview = latents_to_preview(latents[first_image], sdxl=self.loaded.is_sdxl)
+                try:
+                    self.on_progress(item.key, StepProgress(step=done, total=total, preview=preview))
+                except Exception:  # a frontend's bug must not kill the batch
+                    log.exception("progress callback failed")
+        replacement = self.conditioning.replacement_for(step_index + 1, tensors.get("prompt_embeds"),
+                                                        guidance=pipe.do_classifier_free_guidance)
+        return {"prompt_embeds": replacement} if replacement is not None else {}
+
+    def _split(self, images: list[Image.Image]) -> dict[Hashable, list[GeneratedImage] | None]:
+        results: dict[Hashable, list[GeneratedImage] | None] = {}
+        position = 0
+        for item in self.items:
+            request = item.request
+            chunk = images[position:position + request.count]
+            position += request.count
+            if item.cancel.canceled:
+                results[item.key] = None
+                continue
+            ti_hashes = {e.trigger: e.ti_hash for e in self.engine.embeddings_used(request)}
+            info = self.loaded.info
+            results[item.key] = [
+                GeneratedImage(index=i, seed=request.seed + i, image=image, infotext=format_infotext(
+                    prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+                    sampler=self.choice.sampler, schedule_type=self.choice.schedule, cfg_scale=request.cfg_scale,
+                    seed=request.seed + i, width=request.width, height=request.height,
+                    model_hash=info.short_hash, model=info.name,
+                    denoising_strength=request.strength if request.mode != "txt2img" else None,
+                    clip_skip=request.clip_skip, ti_hashes=ti_hashes or None, version=f"easel {__version__}",
+                ))
+                for i, image in enumerate(chunk)
+            ]
+        return results
+
+
+__all__ = ["BatchItem", "CancelToken", "Engine", "GeneratedImage", "StepProgress", "batch_key", "EaselError"]

@@ -1,0 +1,127 @@
+"""The generation request: one frozen value, validated up front against the configured limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from .config import LimitsConfig
+from .errors import EaselError, InvalidRequest
+
+Mode = Literal["txt2img", "img2img", "inpaint"]
+MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint")
+
+RANDOM_SEED = -1
+MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 4294967294)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    mode: Mode = "txt2img"
+    checkpoint: str = ""  # empty: the configured default
+    sampler: str = "Euler a"
+    schedule: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = RANDOM_SEED
+    count: int = 1
+    init_image: str | None = None  # path of a PNG/JPEG/WEBP file (img2img, inpaint)
+    mask: str | None = None  # path; white = repaint (inpaint)
+    strength: float = 0.75
+    clip_skip: int = 1
+
+    def seeds(self) -> list[int]:
+        """Seed of each image: image i uses seed + i, so it can be reproduced alone."""
+        if self.seed == RANDOM_SEED:
+            raise ValueError("resolve the random seed first (with_resolved_seed)")
+        return [self.seed + i for i in range(self.count)]
+
+    def with_resolved_seed(self, rng: random.Random | None = None) -> "GenerationRequest":
+        if self.seed != RANDOM_SEED:
+            return self
+        return dataclasses.replace(self, seed=(rng or random.SystemRandom()).randrange(0, MAX_SEED))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidRequest([f"unknown field {name!r}" for name in unknown])
+        return cls(**data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[str]:
+    """Every rule the request breaks, in field order; empty when it is valid."""
+    problems: list[str] = []
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        problems.append("the prompt is empty")
+    if not isinstance(request.negative_prompt, str):
+        problems.append("the negative prompt must be text")
+    if request.mode not in MODES:
+        problems.append(f"mode must be one of {', '.join(MODES)}, not {request.mode!r}")
+    try:
+        from .samplers import resolve_sampler
+
+        resolve_sampler(request.sampler, request.schedule)
+    except EaselError as exc:
+        problems.append(str(exc))
+    if not _is_int(request.steps) or not limits.min_steps <= request.steps <= limits.max_steps:
+        problems.append(f"steps must be a whole number from {limits.min_steps} to {limits.max_steps}")
+    if not _is_number(request.cfg_scale) or not 0 <= request.cfg_scale <= limits.max_cfg_scale:
+        problems.append(f"CFG scale must be from 0 to {limits.max_cfg_scale:g}")
+    for name, maximum in (("width", limits.max_width), ("height", limits.max_height)):
+        value = getattr(request, name)
+        if not _is_int(value) or value % 8:
+            problems.append(f"{name} must be a multiple of 8")
+        elif not limits.min_size <= value <= maximum:
+            problems.append(f"{name} must be from {limits.min_size} to {maximum}")
+    if _is_int(request.width) and _is_int(request.height) and request.width * request.height > limits.max_pixels:
+        problems.append(
+            f"{request.width}x{request.height} is {request.width * request.height:,} pixels; "
+            f"the limit is {limits.max_pixels:,}"
+        )
+    if not _is_int(request.seed) or not (request.seed == RANDOM_SEED or 0 <= request.seed < MAX_SEED):
+        problems.append(f"seed must be -1 (random) or from 0 to {MAX_SEED - 1}")
+    elif _is_int(request.count) and request.seed != RANDOM_SEED and request.seed + request.count - 1 >= MAX_SEED:
+        problems.append(f"seed + count must stay below {MAX_SEED}")
+    if not _is_int(request.count) or not 1 <= request.count <= limits.max_count:
+        problems.append(f"count must be from 1 to {limits.max_count}")
+    if not _is_int(request.clip_skip) or not 1 <= request.clip_skip <= limits.max_clip_skip:
+        problems.append(f"clip skip must be from 1 to {limits.max_clip_skip}")
+    if request.mode in ("img2img", "inpaint"):
+        if not request.init_image:
+            problems.append(f"{request.mode} needs an init image")
+        if not _is_number(request.strength) or not 0.0 <= request.strength <= 1.0:
+            problems.append("strength must be from 0 to 1")
+    elif request.init_image:
+        problems.append("an init image needs mode img2img or inpaint")
+    if request.mode == "inpaint" and not request.mask:
+        problems.append("inpaint needs a mask image")
+    if request.mask and request.mode != "inpaint":
+        problems.append("a mask needs mode inpaint")
+    return problems
+
+
+def validate_request(request: GenerationRequest, limits: LimitsConfig) -> GenerationRequest:
+    """Raise InvalidRequest naming everything that is wrong; return the request unchanged otherwise."""
+    problems = request_problems(request, limits)
+    if problems:
+        raise InvalidRequest(problems)
+    return request

@@ -1,0 +1,1 @@
+"""Alembic migrations for the easel database (a package so env.py ships with the wheel)."""
