@@ -296,21 +296,21 @@ def resolve_schedule(schedule: str) -> str:
     return canonical
 
 
-def _lookup_name(key: str) -> tuple[str, str | None] | None:
-    """Find a sampler by exact spelling, or by splitting a schedule suffix off a combined name."""
+def _lookup_name(key: str) -> tuple[str, list[str]] | None:
+    """Find a sampler by exact spelling, or by splitting a schedule suffix off a combined name.
+
+    Returns the canonical sampler and the schedule types its spelling names (0, 1 or 2).
+    """
     found = _NAME_INDEX.get(key)
     if found is not None:
-        return found
+        sampler, implied = found
+        return sampler, [implied] if implied else []
     for suffix in _SCHEDULE_SUFFIXES:
         if key.endswith(suffix) and len(key) > len(suffix):
             base = _NAME_INDEX.get(key[: -len(suffix)])
-            if base is None:
-                continue
-            sampler, implied = base
-            suffix_schedule = _SCHEDULE_INDEX[suffix]
-            if implied is not None and implied != suffix_schedule:
-                continue  # e.g. "k_dpmpp_2m_ka Beta": contradicts itself
-            return sampler, suffix_schedule
+            if base is not None:
+                sampler, implied = base
+                return sampler, [s for s in (implied, _SCHEDULE_INDEX[suffix]) if s]
     return None
 
 
@@ -319,9 +319,9 @@ def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
 
     Accepts canonical names ("DPM++ 2M"), combined legacy names ("DPM++ 2M Karras"),
     k-diffusion / API ids ("k_dpmpp_2m", "k_dpmpp_2m_ka") and A1111 internal names
-    ("sample_dpmpp_2m"), ignoring case and whitespace. An explicit `schedule` of None, "" or
-    "Automatic" defers to a schedule named inside `name` (as A1111 does); two different explicit
-    schedules are an error. Raises UnknownSampler with the valid choices in its message.
+    ("sample_dpmpp_2m"), ignoring case and whitespace. A `schedule` of None, "" or "Automatic"
+    defers to a schedule named inside `name` (as A1111 does); two different schedules are an
+    error. Raises UnknownSampler with the valid choices in its message.
     """
     key = _compact(name)
     if not key:
@@ -329,17 +329,16 @@ def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
     found = _lookup_name(key)
     if found is None:
         raise UnknownSampler(_unknown_sampler_message(name))
-    sampler, named_schedule = found
-    if named_schedule == AUTOMATIC:
-        named_schedule = None
-
-    requested = resolve_schedule(schedule) if schedule and schedule.strip() else None
-    if named_schedule is not None and requested not in (None, AUTOMATIC, named_schedule):
-        raise UnknownSampler(
-            f"Sampler {name.strip()!r} already means the {named_schedule} schedule, "
-            f"but schedule type {requested} was also given. Pick one."
-        )
-    return SamplerChoice(sampler=sampler, schedule=named_schedule or requested or AUTOMATIC)
+    sampler, named = found
+    given = f"Sampler {name.strip()!r}"
+    if schedule and schedule.strip():
+        named.append(resolve_schedule(schedule))
+        given += f" with schedule type {schedule.strip()!r}"
+    # "Automatic" is no preference; any other schedules named must agree.
+    chosen = list(dict.fromkeys(s for s in named if s != AUTOMATIC))
+    if len(chosen) > 1:
+        raise UnknownSampler(f"{given} names both {chosen[0]} and {chosen[1]}. Pick one.")
+    return SamplerChoice(sampler=sampler, schedule=chosen[0] if chosen else AUTOMATIC)
 
 
 def schedules_for(sampler: str) -> tuple[str, ...]:
@@ -366,9 +365,9 @@ def make_scheduler(
 ) -> SchedulerMixin:
     """Build a new scheduler for `choice` on the model's noise schedule.
 
-    `base_config` is the model's own scheduler config (e.g. `pipe.scheduler.config` as loaded,
-    not one already rewritten for another sampler). Its model-defining values (betas,
-    prediction_type, steps_offset, ...) carry over; the sigma schedule and solver options are
+    `base_config` is the model's own scheduler config (e.g. `pipe.scheduler.config`). Its
+    model-defining values (betas, prediction_type, steps_offset, clip_sample, ...) carry over;
+    the sigma schedule, timestep spacing (except a model's "trailing") and solver options are
     always set here, so nothing of an earlier choice leaks in. Returns a fresh object on every
     call: diffusers schedulers keep per-run state and are not thread safe.
 
@@ -378,7 +377,6 @@ def make_scheduler(
     must then equal len(seeds). Without seeds DPM++ SDE is not reproducible.
     `steps`: the inference steps, needed by LCM (its schedule must have at least as many).
     """
-    _check_supported(choice.sampler, choice.schedule)  # a SamplerChoice is valid; be safe anyway
     spec = _SPEC_BY_NAME[choice.sampler]
     scheduler_class = _scheduler_class(spec.scheduler_class)
     init_keys = _init_keys(scheduler_class)
@@ -392,6 +390,13 @@ def make_scheduler(
         for key, value in base_config.items()
         if key in init_keys and key not in defaulted
     }
+
+    # Timestep spacing belongs to the sampler and schedule type, as in A1111, not to the model:
+    # a saved config spells out its own class's default ("leading" for PNDM), which would move
+    # Euler & co. off their "linspace". Only "trailing" is kept: no SD scheduler has it as a
+    # default, so a model config that says it (zero-terminal-SNR, turbo models) means it.
+    if model_config.get("timestep_spacing") != "trailing":
+        model_config.pop("timestep_spacing", None)
 
     overrides: dict[str, Any] = dict(spec.options)
     effective = choice.effective_schedule

@@ -1,0 +1,12 @@
+"""Persistence for easel: SQLite through SQLAlchemy 2 async, schema managed by Alembic.
+
+    store = await open_store(Path("data/easel.sqlite3"))
+    job = await store.jobs.create(owner_id=..., request={...}, checkpoint="...", batch_key="...")
+    ...
+    await store.close()
+"""
+
+from storage.db import MigrationError, upgrade_database
+from storage.store import Store, open_store
+
+__all__ = ["MigrationError", "Store", "open_store", "upgrade_database"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -161,7 +163,7 @@ def _database_has_content(db_path: Path) -> bool:
 
 
 def _run_upgrade(config: Config, db_path: Path, revision: str) -> None:
-    """Apply the migrations on one connection in one transaction (tests replace this)."""
+    """Apply the migrations on one connection, in one transaction."""
     engine = create_migration_engine(db_path)
     try:
         with engine.connect() as connection:
@@ -178,16 +180,26 @@ def _run_upgrade(config: Config, db_path: Path, revision: str) -> None:
 
 def _copy_database(source: Path, target: Path) -> None:
     """Copy with SQLite's online backup API: a consistent copy that includes the WAL's contents."""
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
-    # sqlite3's context manager commits but does not close.
-    src.close()
-    dst.close()
+    src = sqlite3.connect(source)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
 
 
 def _backup_path(db_path: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return db_path.with_name(f"{db_path.name}.bak-{stamp}")
+
+
+# Alembic's `context` and `op` are process-wide proxies, so two upgrades running at once in
+# different threads would share one migration context. This lock guards that global of
+# Alembic's; it holds no state of ours.
+_ALEMBIC_LOCK: Final = threading.Lock()
 
 
 def upgrade_database(
@@ -203,14 +215,29 @@ def upgrade_database(
     upgrade fails, that copy is written back and MigrationError is raised. Returns the backup's
     path (kept after success, for the operator) or None when no upgrade of existing data ran.
     """
-    db_path = Path(db_path)
+    with _ALEMBIC_LOCK:
+        return _upgrade_database(
+            Path(db_path), revision=revision, script_location=script_location, run_upgrade=run_upgrade
+        )
+
+
+def _upgrade_database(
+    db_path: Path,
+    *,
+    revision: str,
+    script_location: Path | None,
+    run_upgrade: Callable[[Config, Path, str], None] | None,
+) -> Path | None:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     config = alembic_config(db_path, script_location=script_location)
     script = ScriptDirectory.from_config(config)
     target = head_revision(config) if revision == "head" else revision
     apply = run_upgrade or _run_upgrade
 
-    current = current_revision(db_path)
+    try:
+        current = current_revision(db_path)
+    except DBAPIError as exc:
+        raise MigrationError(f"{db_path} is not a readable SQLite database: {exc.orig}") from exc
     if current == target:
         return None
     if current is not None:
@@ -229,10 +256,15 @@ def upgrade_database(
         _copy_database(db_path, backup)
         log.info("upgrading %s from %s to %s; backup at %s", db_path, current, target, backup)
 
+    existed = db_path.exists()
     try:
         apply(config, db_path, target)
     except Exception as exc:
         if backup is None:
+            if not existed:
+                # Leave no half-made file behind; the next start tries again from nothing.
+                for leftover in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+                    leftover.unlink(missing_ok=True)
             raise MigrationError(f"creating the database {db_path} failed: {exc}") from exc
         try:
             _copy_database(backup, db_path)

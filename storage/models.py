@@ -64,7 +64,8 @@ class Base(DeclarativeBase):
 class User(Base):
     __tablename__ = "users"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # INTEGER PRIMARY KEY aliases SQLite's rowid; Discord snowflakes fit its signed 64 bits.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCTimestamp, nullable=False, default=utcnow)
 
@@ -72,7 +73,7 @@ class User(Base):
 class Guild(Base):
     __tablename__ = "guilds"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCTimestamp, nullable=False, default=utcnow)
 

@@ -1,0 +1,441 @@
+"""The AUTOMATIC1111 (v1.10) prompt language, without torch.
+
+Three independent layers, applied in this order by the encoder:
+
+1. `split_and`: composable-diffusion parts, ``a cat AND a dog:0.5``.
+2. `prompt_schedule`: prompt editing ``[from:to:when]`` and alternation ``[a|b]``, giving the plain
+   text to use at each sampling step.
+3. `parse_attention`: emphasis ``(x)``, ``[x]``, ``(x:1.3)`` and ``BREAK`` on one such text, giving
+   weighted fragments.
+
+Each function reproduces A1111's results (including its tolerance for unbalanced brackets); the
+few deliberate differences are noted where they occur.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Union
+
+from .errors import PromptError
+
+__all__ = [
+    "BREAK",
+    "parse_attention",
+    "prompt_schedule",
+    "split_and",
+]
+
+# The marker fragment `parse_attention` emits for the BREAK keyword.
+BREAK: tuple[str, float] = ("BREAK", -1.0)
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+
+# ---------------------------------------------------------------------------------------------
+# Emphasis
+# ---------------------------------------------------------------------------------------------
+
+_ESCAPABLE = "()[]\\"
+# A weight that closes a round bracket: `:1.5)`, `: 1.5 )`. A1111 accepts any run of digits and dots.
+_WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
+# Ordinary text: everything up to the next character with a meaning.
+_TEXT_RUN = re.compile(r"[^\\()\[\]:]+")
+_BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def parse_attention(text: str) -> list[tuple[str, float]]:
+    """Split `text` into (fragment, weight) pairs following A1111's emphasis rules.
+
+    ``(x)`` multiplies by 1.1, ``[x]`` divides by 1.1, ``(x:1.5)`` multiplies by 1.5; nesting
+    multiplies; a bracket left open applies to the end of the text; a closing bracket with nothing
+    open is literal; ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literal characters. ``BREAK`` (upper
+    case, whole word) becomes the marker ``("BREAK", -1.0)``. Neighbours of equal weight merge.
+
+    >>> parse_attention("an (important) word")
+    [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
+
+    Difference from A1111: a BREAK inside brackets stays a BREAK (A1111 multiplies the marker's
+    weight and then encodes the word "break" with a negative weight).
+    """
+    # Mutable [text, weight, is_break] entries; brackets multiply every entry added since they opened.
+    entries: list[list] = []
+    open_round: list[int] = []
+    open_square: list[int] = []
+
+    def multiply_since(start: int, multiplier: float) -> None:
+        for entry in entries[start:]:
+            if not entry[2]:
+                entry[1] *= multiplier
+
+    def add_text(run: str) -> None:
+        for index, part in enumerate(_BREAK_WORD.split(run)):
+            if index:
+                entries.append([BREAK[0], BREAK[1], True])
+            entries.append([part, 1.0, False])
+
+    position = 0
+    length = len(text)
+    while position < length:
+        char = text[position]
+        if char == "\\":
+            following = text[position + 1 : position + 2]
+            if following and following in _ESCAPABLE:
+                entries.append([following, 1.0, False])
+                position += 2
+            else:
+                # A lone backslash vanishes (A1111 keeps the character after it as ordinary text).
+                entries.append(["", 1.0, False])
+                position += 1
+        elif char == "(":
+            open_round.append(len(entries))
+            position += 1
+        elif char == "[":
+            open_square.append(len(entries))
+            position += 1
+        elif char == ":":
+            weight_close = _WEIGHT_CLOSE.match(text, position)
+            if weight_close and open_round:
+                multiply_since(open_round.pop(), _weight_value(weight_close.group(1)))
+                position = weight_close.end()
+            elif weight_close:
+                add_text(weight_close.group(0))
+                position = weight_close.end()
+            else:
+                add_text(":")
+                position += 1
+        elif char == ")" and open_round:
+            multiply_since(open_round.pop(), ROUND_MULTIPLIER)
+            position += 1
+        elif char == "]" and open_square:
+            multiply_since(open_square.pop(), SQUARE_MULTIPLIER)
+            position += 1
+        elif char in ")]":
+            add_text(char)
+            position += 1
+        else:
+            run = _TEXT_RUN.match(text, position)
+            assert run is not None  # every other character starts a text run
+            add_text(run.group(0))
+            position = run.end()
+
+    for start in open_round:
+        multiply_since(start, ROUND_MULTIPLIER)
+    for start in open_square:
+        multiply_since(start, SQUARE_MULTIPLIER)
+
+    if not entries:
+        return [("", 1.0)]
+
+    merged: list[list] = [entries[0]]
+    for entry in entries[1:]:
+        previous = merged[-1]
+        if not previous[2] and not entry[2] and previous[1] == entry[1]:
+            previous[0] += entry[0]
+        else:
+            merged.append(entry)
+    return [(entry_text, float(weight)) for entry_text, weight, _ in merged]
+
+
+def _weight_value(number: str) -> float:
+    try:
+        return float(number)
+    except ValueError:
+        raise PromptError(f"`{number}` in `(text:{number})` is not a number: write a weight like `(text:1.2)`.") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt editing and alternation
+# ---------------------------------------------------------------------------------------------
+
+# lark's SIGNED_NUMBER, which A1111's grammar uses for the `when` of `[from:to:when]`.
+_SIGNED_NUMBER = re.compile(r"[+-]?(?:\d+\.\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+)")
+_WHEN = re.compile(r"\s*(" + _SIGNED_NUMBER.pattern + r")\s*")
+
+
+@dataclass(frozen=True)
+class _Literal:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Scheduled:
+    before: tuple[_Node, ...] | None
+    after: tuple[_Node, ...]
+    when: str
+
+
+@dataclass(frozen=True)
+class _Alternate:
+    options: tuple[tuple[_Node, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """An emphasis bracket kept verbatim: its delimiters and separators are literal children."""
+
+    children: tuple[_Node, ...]
+
+
+_Node = Union[_Literal, _Scheduled, _Alternate, _Group]
+
+
+class _NoParse(Exception):
+    """The text is not valid prompt-editing syntax at this point."""
+
+
+class _TooDeep(Exception):
+    """Brackets nest deeper than `_ScheduleParser.MAX_DEPTH`."""
+
+
+class _ScheduleParser:
+    """Recursive descent over A1111's prompt-editing grammar.
+
+    Inside any bracket every ``[ ] ( ) : |`` must be part of well-formed syntax; at the top level a
+    bracket or colon that does not start well-formed syntax is kept as literal text (that is how
+    A1111 tolerates emphasis such as ``((a]`` around edits), while a stray ``|`` or a trailing
+    backslash makes the whole prompt unparsable.
+    """
+
+    # Deeper nesting than this is treated as unparsable rather than risking Python's recursion limit.
+    MAX_DEPTH = 100
+
+    def __init__(self, text: str):
+        self.text = text
+        # A bracket parses the same way wherever it is reached from: remember each outcome, which
+        # keeps prompts full of unclosed brackets linear instead of quadratic.
+        self._brackets: dict[int, tuple[_Node, int] | None] = {}
+        self._depth = 0
+
+    def parse(self) -> tuple[_Node, ...]:
+        text = self.text
+        nodes: list[_Node] = []
+        position = 0
+        while position < len(text):
+            char = text[position]
+            if char in "[(":
+                try:
+                    node, position = self._bracket(position)
+                    nodes.append(node)
+                    continue
+                except _NoParse:
+                    pass
+            if char in "[]():":
+                nodes.append(_Literal(char))
+                position += 1
+            else:
+                node, position = self._plain(position)
+                nodes.append(node)
+        return tuple(nodes)
+
+    def _plain(self, position: int) -> tuple[_Literal, int]:
+        """Text without syntax characters; a backslash takes the next character (not a newline) literally."""
+        text = self.text
+        start = position
+        while position < len(text):
+            char = text[position]
+            if char == "\\":
+                if position + 1 >= len(text) or text[position + 1] == "\n":
+                    raise _NoParse
+                position += 2
+            elif char in "[]():|":
+                break
+            else:
+                position += 1
+        if position == start:
+            raise _NoParse  # a `|` outside alternation
+        return _Literal(text[start:position]), position
+
+    def _sequence(self, position: int) -> tuple[tuple[_Node, ...], int]:
+        """Text and nested brackets up to the next separator or closing bracket at this level."""
+        text = self.text
+        nodes: list[_Node] = []
+        while position < len(text):
+            char = text[position]
+            if char in "[(":
+                node, position = self._bracket(position)
+            elif char in "]):|":
+                break
+            else:
+                node, position = self._plain(position)
+            nodes.append(node)
+        return tuple(nodes), position
+
+    def _bracket(self, position: int) -> tuple[_Node, int]:
+        if position in self._brackets:
+            known = self._brackets[position]
+            if known is None:
+                raise _NoParse
+            return known
+        if self._depth >= self.MAX_DEPTH:
+            raise _TooDeep
+        self._depth += 1
+        try:
+            result = self._bracket_uncached(position)
+        except _NoParse:
+            self._brackets[position] = None
+            raise
+        finally:
+            self._depth -= 1
+        self._brackets[position] = result
+        return result
+
+    def _bracket_uncached(self, position: int) -> tuple[_Node, int]:
+        text = self.text
+        opening = text[position]
+        closing = "]" if opening == "[" else ")"
+        segments: list[tuple[tuple[_Node, ...], int, int]] = []
+        separators: list[str] = []
+        position += 1
+        while True:
+            start = position
+            nodes, position = self._sequence(position)
+            segments.append((nodes, start, position))
+            if position >= len(text):
+                raise _NoParse
+            char = text[position]
+            position += 1
+            if char == closing:
+                break
+            if char == ":" or (char == "|" and opening == "["):
+                separators.append(char)
+                continue
+            raise _NoParse
+
+        if opening == "(":
+            if len(separators) > 1:
+                raise _NoParse
+            return self._group(opening, segments, separators, closing), position
+        if not separators:
+            return self._group(opening, segments, separators, closing), position
+        if all(separator == "|" for separator in separators):
+            return _Alternate(tuple(nodes for nodes, _, _ in segments)), position
+        if all(separator == ":" for separator in separators) and len(separators) <= 2:
+            _, when_start, when_end = segments[-1]
+            when = _WHEN.fullmatch(text, when_start, when_end)
+            if when is None:
+                raise _NoParse
+            before = segments[0][0] if len(separators) == 2 else None
+            return _Scheduled(before=before, after=segments[-2][0], when=when.group(1)), position
+        raise _NoParse
+
+    @staticmethod
+    def _group(opening: str, segments, separators: list[str], closing: str) -> _Group:
+        children: list[_Node] = [_Literal(opening)]
+        for index, (nodes, _, _) in enumerate(segments):
+            if index:
+                children.append(_Literal(separators[index - 1]))
+            children.extend(nodes)
+        children.append(_Literal(closing))
+        return _Group(tuple(children))
+
+
+def _end_step(when: str, steps: int) -> int:
+    """The last step of the `from` part: a number with a decimal point is a fraction of the steps
+    (A1111 v1.8+ rule; `[a:b:1.0]` never switches), anything else an absolute step."""
+    value = float(when)
+    if "." in when:
+        value *= steps
+    if math.isinf(value):
+        return steps if value > 0 else -1
+    return min(steps, int(value))
+
+
+def _collect_steps(nodes: tuple[_Node, ...], steps: int, found: set[int]) -> None:
+    for node in nodes:
+        if isinstance(node, _Scheduled):
+            end = _end_step(node.when, steps)
+            if end >= 1:
+                found.add(end)
+            if node.before is not None:
+                _collect_steps(node.before, steps, found)
+            _collect_steps(node.after, steps, found)
+        elif isinstance(node, _Alternate):
+            found.update(range(1, steps + 1))
+            for option in node.options:
+                _collect_steps(option, steps, found)
+        elif isinstance(node, _Group):
+            _collect_steps(node.children, steps, found)
+
+
+def _text_at(nodes: tuple[_Node, ...], step: int, steps: int) -> str:
+    parts: list[str] = []
+    for node in nodes:
+        if isinstance(node, _Literal):
+            parts.append(node.text)
+        elif isinstance(node, _Group):
+            parts.append(_text_at(node.children, step, steps))
+        elif isinstance(node, _Scheduled):
+            if step <= _end_step(node.when, steps):
+                parts.append(_text_at(node.before or (), step, steps))
+            else:
+                parts.append(_text_at(node.after, step, steps))
+        else:
+            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, steps))
+    return "".join(parts)
+
+
+def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """(last step, text) pairs for prompt editing and alternation, as A1111's
+    get_learned_conditioning_prompt_schedules gives them (steps counted from 1).
+
+    ``[from:to:when]``, ``[to:when]``, ``[from::when]``: `when` with a decimal point is a fraction
+    of `steps`, otherwise a step number. ``[a|b|c]`` cycles every step. Emphasis brackets are kept
+    as they are. An unparsable prompt comes back unchanged as ``[(steps, prompt)]``.
+
+    >>> prompt_schedule("a [b:3]", 10)
+    [(3, 'a '), (10, 'a b')]
+
+    At 0-based sampling step i, A1111 uses the first entry whose last step >= i (see
+    `entry_for_step`).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    try:
+        nodes = _ScheduleParser(prompt).parse()
+    except (_NoParse, _TooDeep):
+        return [(steps, prompt)]
+    end_steps = {steps}
+    _collect_steps(nodes, steps, end_steps)
+    return [(end, _text_at(nodes, end, steps)) for end in sorted(end_steps)]
+
+
+def entry_for_step(end_steps: list[int], step_index: int) -> int:
+    """Index of the schedule entry that A1111 uses at 0-based sampling step `step_index`.
+
+    A1111 compares its 0-based step counter with each entry's last step (`step <= end`), so with
+    10 steps ``a [b:3]`` samples 'a ' at steps 0-3 and 'a b' at steps 4-9. Past the last entry
+    (second-order samplers call the model more often than `steps`) the last entry stays in use;
+    A1111 falls back to the first one there, which is a bug.
+    """
+    for index, end in enumerate(end_steps):
+        if step_index <= end:
+            return index
+    return len(end_steps) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Composable diffusion
+# ---------------------------------------------------------------------------------------------
+
+_AND = re.compile(r"\bAND\b")
+_PART_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """Split a prompt on the word ``AND`` (upper case, whole word) into (text, weight) parts;
+    each part may end with ``:weight`` (default 1.0). Like A1111, the split happens before any
+    other parsing, even inside brackets, and leading whitespace of a part is kept.
+
+    >>> split_and("a cat AND a dog:0.5")
+    [('a cat', 1.0), (' a dog', 0.5)]
+    """
+    parts: list[tuple[str, float]] = []
+    for part in _AND.split(prompt):
+        match = _PART_WEIGHT.match(part)
+        assert match is not None  # the pattern matches any string
+        text, weight = match.groups()
+        parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts

@@ -1,0 +1,411 @@
+"""Which queued generation jobs run next.
+
+The durable queue is rows in the database; this module only decides the order. It does no I/O and is
+rebuilt from the queued rows at start (`FairScheduler.rebuild`).
+
+Model (start-time fair queueing, one FIFO queue and one virtual clock per member):
+
+* Serving a job of cost ``c`` (width x height x steps x images) advances its owner's clock by ``c``, i.e.
+  by ``c / reference_cost`` reference jobs, so one huge job counts as several small ones.
+* The next job is the head of the member with the smallest clock; ties go to the earlier-submitted head.
+* The virtual time is the smallest clock among members with queued jobs at the latest pick. A member whose
+  queue was empty restarts at ``max(own clock, virtual time)``: idle time cannot be saved up and spent
+  later, yet a newcomer still goes before members who were already served in the current round.
+* Checkpoint affinity may pass over the fair choice for a head job at most ``affinity_lookahead`` places
+  further on whose checkpoint is already loaded; no job is passed over more than ``max_skips`` times.
+* A batch is the chosen job plus other members' head jobs with the same ``batch_key``, in fair order, up
+  to ``max_batch`` images; each advances its owner's clock as if served alone. A member's jobs are always
+  served in their submit order.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+__all__ = [
+    "FairScheduler",
+    "FifoScheduler",
+    "JobScheduler",
+    "QueuedJob",
+    "SchedulerPolicy",
+    "job_cost",
+]
+
+
+def job_cost(width: int, height: int, steps: int, count: int) -> int:
+    """The work a job asks for, in pixel-steps: what fairness is measured in."""
+    for name, value in (("width", width), ("height", height), ("steps", steps), ("count", count)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    return width * height * steps * count
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedJob:
+    """What the scheduler needs to know about one queued job (built from its database row)."""
+
+    job_id: int
+    owner_id: int
+    guild_id: int | None
+    seq: int  # submit order, e.g. the row id
+    cost: int  # see job_cost
+    images: int
+    checkpoint: str
+    batch_key: Hashable  # equal keys may share one pipeline call (caller folds in model, size, sampler...)
+
+    def __post_init__(self) -> None:
+        if self.cost < 1:
+            raise ValueError(f"job {self.job_id}: cost must be at least 1, got {self.cost}")
+        if self.images < 1:
+            raise ValueError(f"job {self.job_id}: images must be at least 1, got {self.images}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerPolicy:
+    max_batch: int = 4  # images per pipeline call; 1 turns cross-user batching off
+    affinity_lookahead: int = 4  # places past the fair choice searched for a loaded checkpoint; 0 = off
+    max_skips: int = 3  # times one job may be passed over for checkpoint affinity
+    reference_cost: int = 512 * 512 * 20  # one "standard job"; the unit of `virtual_clock`
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.affinity_lookahead < 0:
+            raise ValueError(f"affinity_lookahead must not be negative, got {self.affinity_lookahead}")
+        if self.max_skips < 0:
+            raise ValueError(f"max_skips must not be negative, got {self.max_skips}")
+        if self.reference_cost < 1:
+            raise ValueError(f"reference_cost must be at least 1, got {self.reference_cost}")
+
+
+class JobScheduler(Protocol):
+    """The interface both schedulers share, for code that takes either."""
+
+    def add(self, job: QueuedJob) -> None: ...
+    def remove(self, job_id: int) -> QueuedJob | None: ...
+    def next_batch(self, *, loaded_checkpoint: str | None) -> list[QueuedJob]: ...
+    def position(self, job_id: int) -> int: ...
+    def positions(self) -> dict[int, int]: ...
+    def queued_count(self, owner_id: int | None = None, guild_id: int | None = None) -> int: ...
+    def jobs(self) -> list[QueuedJob]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, job_id: object) -> bool: ...
+
+
+class _SchedulerBase:
+    """What both schedulers answer the same way; subclasses define `_service_order`."""
+
+    def __init__(self, policy: SchedulerPolicy) -> None:
+        self._policy = policy
+        self._jobs: dict[int, QueuedJob] = {}
+
+    @property
+    def policy(self) -> SchedulerPolicy:
+        return self._policy
+
+    def _service_order(self) -> Iterator[QueuedJob]:
+        """Every queued job in the order it would be served if nothing changed; mutates nothing."""
+        raise NotImplementedError
+
+    def jobs(self) -> list[QueuedJob]:
+        """Queued jobs in estimated service order."""
+        return list(self._service_order())
+
+    def positions(self) -> dict[int, int]:
+        """job_id -> 1-based estimated place in service order."""
+        return {job.job_id: place for place, job in enumerate(self._service_order(), start=1)}
+
+    def position(self, job_id: int) -> int:
+        """1-based estimated place of one queued job; KeyError if it is not queued."""
+        if job_id not in self._jobs:
+            raise KeyError(job_id)
+        for place, job in enumerate(self._service_order(), start=1):
+            if job.job_id == job_id:
+                return place
+        raise AssertionError(f"queued job {job_id} missing from the service order")
+
+    def queued_count(self, owner_id: int | None = None, guild_id: int | None = None) -> int:
+        """Queued jobs, optionally only those of one owner and/or one guild."""
+        return sum(
+            1
+            for job in self._jobs.values()
+            if (owner_id is None or job.owner_id == owner_id) and (guild_id is None or job.guild_id == guild_id)
+        )
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def _check_new(self, job: QueuedJob) -> None:
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id} is already queued")
+
+
+# Heap entries sort in fair order: (owner's clock, head's seq, head's job_id, owner_id).
+_Entry = tuple[int, int, int, int]
+
+
+class _FairWalk:
+    """Takes jobs in fair order from a snapshot of the queues, changing only its own cursors and clocks.
+
+    A job's entry is pushed once, when it becomes its owner's head, and the owner's clock only moves when
+    that job is taken; so an entry is current exactly while its job is still the head, and entries of taken
+    jobs are dropped when they reach the top. Each taken job costs O(log members + max_batch).
+    """
+
+    def __init__(
+        self,
+        queues: Mapping[int, Sequence[QueuedJob]],
+        clocks: Mapping[int, int],
+        virtual_time: int,
+        max_batch: int,
+    ) -> None:
+        self._queues = queues
+        self._cursors = dict.fromkeys(queues, 0)
+        self.clocks = {owner: clocks[owner] for owner in queues}
+        self.virtual_time = virtual_time
+        self._max_batch = max_batch
+        self._fair_heap: list[_Entry] = []
+        # (batch_key, images) -> heads that could join a batch: lets a batch find the fair-first head
+        # that still fits without scanning every head.
+        self._batch_heaps: dict[tuple[Hashable, int], list[_Entry]] = {}
+        for owner in queues:
+            self._push_head(owner)
+
+    def _head(self, owner_id: int) -> QueuedJob | None:
+        queue, cursor = self._queues[owner_id], self._cursors[owner_id]
+        return queue[cursor] if cursor < len(queue) else None
+
+    def _push_head(self, owner_id: int) -> None:
+        job = self._head(owner_id)
+        if job is None:
+            return
+        entry = (self.clocks[owner_id], job.seq, job.job_id, owner_id)
+        heapq.heappush(self._fair_heap, entry)
+        if job.images < self._max_batch:  # only these can ever join another job's batch
+            heapq.heappush(self._batch_heaps.setdefault((job.batch_key, job.images), []), entry)
+
+    def _top(self, heap: list[_Entry]) -> _Entry | None:
+        while heap:
+            head = self._head(heap[0][3])
+            if head is not None and head.job_id == heap[0][2]:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def fair_heads(self, limit: int) -> list[QueuedJob]:
+        """The first `limit` head jobs in fair order."""
+        entries: list[_Entry] = []
+        while len(entries) < limit and self._top(self._fair_heap) is not None:
+            entries.append(heapq.heappop(self._fair_heap))
+        for entry in entries:
+            heapq.heappush(self._fair_heap, entry)
+        return [self._queues[owner][self._cursors[owner]] for *_, owner in entries]
+
+    def take_next(self) -> list[QueuedJob]:
+        """The next batch in fair order (no affinity); empty when nothing is left."""
+        heads = self.fair_heads(1)
+        return self.take_batch(heads[0]) if heads else []
+
+    def take_batch(self, first: QueuedJob) -> list[QueuedJob]:
+        """Take `first` (a current head) and the other members' heads that batch with it."""
+        top = self._top(self._fair_heap)
+        assert top is not None and self._head(first.owner_id) is first, "take_batch needs a current head"
+        self.virtual_time = max(self.virtual_time, top[0])
+        batch = [first]
+        self._advance(first)
+        room = self._max_batch - first.images
+        while room > 0 and (entry := self._pop_joiner(first.batch_key, room)) is not None:
+            job = self._queues[entry[3]][self._cursors[entry[3]]]
+            batch.append(job)
+            self._advance(job)
+            room -= job.images
+        # Pushed only now so that a member's next job cannot join the batch its previous job is in.
+        for job in batch:
+            self._push_head(job.owner_id)
+        return batch
+
+    def _advance(self, job: QueuedJob) -> None:
+        self._cursors[job.owner_id] += 1
+        self.clocks[job.owner_id] += job.cost
+
+    def _pop_joiner(self, batch_key: Hashable, room: int) -> _Entry | None:
+        best: list[_Entry] | None = None
+        for images in range(1, room + 1):
+            heap = self._batch_heaps.get((batch_key, images))
+            if heap is None:
+                continue
+            top = self._top(heap)
+            if top is not None and (best is None or top < best[0]):
+                best = heap
+        return heapq.heappop(best) if best is not None else None
+
+
+class FairScheduler(_SchedulerBase):
+    """Per-member FIFO queues served in start-time fair order (see the module docstring)."""
+
+    def __init__(self, policy: SchedulerPolicy = SchedulerPolicy()) -> None:
+        super().__init__(policy)
+        self._queues: dict[int, deque[QueuedJob]] = {}  # only members with queued jobs
+        # Active members, plus idle ones whose clock is still ahead of the virtual time (the rest would
+        # restart at the virtual time anyway, so forgetting them keeps this bounded).
+        self._clocks: dict[int, int] = {}
+        self._virtual_time = 0
+        self._skips: dict[int, int] = {}  # job_id -> times passed over for affinity
+
+    @classmethod
+    def rebuild(cls, policy: SchedulerPolicy, jobs: Iterable[QueuedJob]) -> Self:
+        """A scheduler holding `jobs` (e.g. the queued rows after a restart), added in submit order."""
+        scheduler = cls(policy)
+        for job in sorted(jobs, key=lambda job: (job.seq, job.job_id)):
+            scheduler.add(job)
+        return scheduler
+
+    def add(self, job: QueuedJob) -> None:
+        self._check_new(job)
+        queue = self._queues.get(job.owner_id)
+        if queue is None:
+            queue = self._queues[job.owner_id] = deque()
+            self._clocks[job.owner_id] = max(self._clocks.get(job.owner_id, 0), self._virtual_time)
+        if queue and job.seq < queue[-1].seq:
+            # Added out of submit order: still keep the member's queue in submit order.
+            index = next(i for i, queued in enumerate(queue) if queued.seq > job.seq)
+            queue.insert(index, job)
+        else:
+            queue.append(job)
+        self._jobs[job.job_id] = job
+
+    def remove(self, job_id: int) -> QueuedJob | None:
+        """Drop a queued job (canceled); returns it, or None if it was not queued."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return None
+        queue = self._queues[job.owner_id]
+        del queue[next(i for i, queued in enumerate(queue) if queued.job_id == job_id)]
+        if not queue:
+            del self._queues[job.owner_id]
+        self._skips.pop(job_id, None)
+        return job
+
+    def next_batch(self, *, loaded_checkpoint: str | None) -> list[QueuedJob]:
+        """Take the next batch off the queue (first job first); empty when nothing is queued."""
+        if not self._queues:
+            return []
+        walk = _FairWalk(self._queues, self._clocks, self._virtual_time, self._policy.max_batch)
+        lookahead = self._policy.affinity_lookahead if loaded_checkpoint is not None else 0
+        first = self._choose(walk.fair_heads(1 + lookahead), loaded_checkpoint)
+        batch = walk.take_batch(first)
+        for job in batch:
+            queue = self._queues[job.owner_id]
+            queue.popleft()
+            if not queue:
+                del self._queues[job.owner_id]
+            del self._jobs[job.job_id]
+            self._skips.pop(job.job_id, None)
+            self._clocks[job.owner_id] = walk.clocks[job.owner_id]
+        self._virtual_time = walk.virtual_time
+        self._clocks = {
+            owner: clock
+            for owner, clock in self._clocks.items()
+            if owner in self._queues or clock > self._virtual_time
+        }
+        return batch
+
+    def _choose(self, candidates: list[QueuedJob], loaded_checkpoint: str | None) -> QueuedJob:
+        """The fair choice, or the first later candidate already on the loaded checkpoint that can be
+        reached without passing a job that has been passed over `max_skips` times."""
+        for index, job in enumerate(candidates):
+            if job.checkpoint == loaded_checkpoint:
+                for passed in candidates[:index]:
+                    self._skips[passed.job_id] = self._skips.get(passed.job_id, 0) + 1
+                return job
+            if self._skips.get(job.job_id, 0) >= self._policy.max_skips:
+                break
+        return candidates[0]
+
+    def virtual_clock(self, owner_id: int) -> float:
+        """A member's clock in reference jobs; an idle member reads as where they would restart."""
+        clock = self._clocks.get(owner_id, 0)
+        if owner_id not in self._queues:
+            clock = max(clock, self._virtual_time)
+        return clock / self._policy.reference_cost
+
+    def _service_order(self) -> Iterator[QueuedJob]:
+        # Affinity is left out: it depends on which checkpoint will be loaded, which is unknown here.
+        snapshot = {owner: tuple(queue) for owner, queue in self._queues.items()}
+        walk = _FairWalk(snapshot, self._clocks, self._virtual_time, self._policy.max_batch)
+        while batch := walk.take_next():
+            yield from batch
+
+
+class FifoScheduler(_SchedulerBase):
+    """Plain submit order, no affinity: the baseline the fair scheduler is measured against.
+
+    With `batching`, a batch takes later jobs with the first job's batch_key up to `max_batch` images, at
+    most one per member and never past an earlier job of the same member. Its estimate then costs
+    O(n^2), which is fine for a baseline.
+    """
+
+    def __init__(self, policy: SchedulerPolicy = SchedulerPolicy(), *, batching: bool = False) -> None:
+        super().__init__(policy)
+        self._batching = batching
+        self._order: list[tuple[int, int]] = []  # (seq, job_id), sorted
+
+    @classmethod
+    def rebuild(cls, policy: SchedulerPolicy, jobs: Iterable[QueuedJob], *, batching: bool = False) -> Self:
+        scheduler = cls(policy, batching=batching)
+        for job in jobs:
+            scheduler.add(job)
+        return scheduler
+
+    def add(self, job: QueuedJob) -> None:
+        self._check_new(job)
+        self._jobs[job.job_id] = job
+        insort(self._order, (job.seq, job.job_id))
+
+    def remove(self, job_id: int) -> QueuedJob | None:
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._order.remove((job.seq, job.job_id))
+        return job
+
+    def next_batch(self, *, loaded_checkpoint: str | None) -> list[QueuedJob]:
+        batch = self._batch_from([self._jobs[job_id] for _, job_id in self._order])
+        for job in batch:
+            self.remove(job.job_id)
+        return batch
+
+    def _batch_from(self, ordered: Sequence[QueuedJob]) -> list[QueuedJob]:
+        if not ordered:
+            return []
+        first = ordered[0]
+        batch = [first]
+        if not self._batching:
+            return batch
+        room = self._policy.max_batch - first.images
+        seen_owners = {first.owner_id}  # in the batch, or passed over (their later jobs must wait)
+        for job in ordered[1:]:
+            if room <= 0:
+                break
+            if job.owner_id not in seen_owners and job.batch_key == first.batch_key and job.images <= room:
+                batch.append(job)
+                room -= job.images
+            seen_owners.add(job.owner_id)
+        return batch
+
+    def _service_order(self) -> Iterator[QueuedJob]:
+        remaining = [self._jobs[job_id] for _, job_id in self._order]
+        if not self._batching:
+            yield from remaining
+            return
+        while batch := self._batch_from(remaining):
+            yield from batch
+            taken = {job.job_id for job in batch}
+            remaining = [job for job in remaining if job.job_id not in taken]

@@ -1,0 +1,248 @@
+"""Offline fixtures: a tiny random-weight SD-1.x pipeline and its single-file (A1111/LDM) twin.
+
+No real weights can be downloaded where tests run, so tests and offline demos use a model with the
+SD-1.x layout (same blocks, real tokenizer, real scheduler, VAE scale factor 8) but tiny widths, built
+deterministically from a seed. `write_test_model` saves it as a diffusers folder and as one
+`.safetensors` file in the LDM key layout that A1111 and Civitai checkpoints use, so the single-file
+loader can be checked against the very same weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .architectures import config_dir, sd_clip_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+__all__ = [
+    "TestModelPaths",
+    "build_tiny_pipeline",
+    "ldm_state_dict",
+    "sd_clip_tokenizer",
+    "write_test_model",
+]
+
+TINY_ARCHITECTURE = "tiny-sd1"
+
+
+@dataclass(frozen=True)
+class TestModelPaths:
+    __test__ = False  # not a pytest test class despite its name
+
+    folder: Path
+    single_file: Path
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny SD-1.x pipeline with random weights; the same seed gives the same weights, always.
+
+    The global RNG is left untouched. Configs come from `generation/configs/tiny-sd1/`, the folder
+    that also lets its single-file form load offline.
+    """
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = config_dir(TINY_ARCHITECTURE)
+    # Modules are created on the CPU, so only the CPU generator needs seeding (and restoring).
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=sd_clip_tokenizer(),
+        unet=unet,
+        scheduler=PNDMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# diffusers -> LDM key layout (the inverse of diffusers.loaders.single_file_utils' converters)
+
+_UNET_FIXED = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",
+    "add_embedding.linear_2.": "label_emb.0.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
+_UNET_RESNET = (
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+)
+_VAE_ATTENTION = (
+    ("group_norm.", "norm."),
+    ("to_q.", "q."),
+    ("to_k.", "k."),
+    ("to_v.", "v."),
+    ("to_out.0.", "proj_out."),
+)
+
+
+def _rename(rest: str, table: tuple[tuple[str, str], ...]) -> str:
+    for new, old in table:
+        if rest.startswith(new):
+            return old + rest[len(new):]
+    raise ValueError(f"no LDM name for {rest!r}")
+
+
+def _unet_ldm_key(key: str, *, layers_per_block: int, up_blocks_with_attention: set[int]) -> str:
+    for new, old in _UNET_FIXED.items():
+        if key.startswith(new):
+            return old + key[len(new):]
+    per_down = layers_per_block + 1  # resnets + the downsampler slot
+    per_up = layers_per_block + 1  # up blocks have one resnet more than down blocks
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        index = 1 + block * per_down + layer
+        return f"input_blocks.{index}.0.{_rename(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"input_blocks.{(int(match[1]) + 1) * per_down}.0.op.{match[2]}"
+    if match := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"middle_block.{2 * int(match[1])}.{_rename(match[2], _UNET_RESNET)}"
+    if match := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"middle_block.1.{match[1]}"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        index = block * per_up + layer
+        return f"output_blocks.{index}.0.{_rename(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        block = int(match[1])
+        slot = 2 if block in up_blocks_with_attention else 1
+        return f"output_blocks.{block * per_up + layers_per_block}.{slot}.conv.{match[2]}"
+    raise ValueError(f"no LDM name for UNet weight {key!r}")
+
+
+def _vae_ldm_key(key: str, *, up_block_count: int) -> str:
+    for part in ("encoder", "decoder"):
+        if not key.startswith(part + "."):
+            continue
+        rest = key[len(part) + 1:]
+        if rest.startswith("conv_norm_out."):
+            return f"{part}.norm_out.{rest[len('conv_norm_out.'):]}"
+        if rest.startswith(("conv_in.", "conv_out.")):
+            return key
+        if match := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", rest):
+            return f"{part}.mid.block_{int(match[1]) + 1}.{match[2].replace('conv_shortcut.', 'nin_shortcut.')}"
+        if match := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", rest):
+            return f"{part}.mid.attn_1.{_rename(match[1], _VAE_ATTENTION)}"
+        if match := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+            return f"{part}.down.{match[1]}.block.{match[2]}.{match[3].replace('conv_shortcut.', 'nin_shortcut.')}"
+        if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", rest):
+            return f"{part}.down.{match[1]}.downsample.conv.{match[2]}"
+        # The decoder's up blocks are numbered from the lowest resolution in LDM, from the highest in diffusers.
+        if match := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+            level = up_block_count - 1 - int(match[1])
+            return f"{part}.up.{level}.block.{match[2]}.{match[3].replace('conv_shortcut.', 'nin_shortcut.')}"
+        if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", rest):
+            return f"{part}.up.{up_block_count - 1 - int(match[1])}.upsample.conv.{match[2]}"
+    if key.startswith(("quant_conv.", "post_quant_conv.")):
+        return key
+    raise ValueError(f"no LDM name for VAE weight {key!r}")
+
+
+def _ldm_schedule_buffers(scheduler_config: dict) -> dict[str, torch.Tensor]:
+    """The noise-schedule buffers LDM's DDPM wrapper stores in every SD-1.x checkpoint."""
+    import torch
+
+    steps = scheduler_config["num_train_timesteps"]
+    betas = torch.linspace(scheduler_config["beta_start"] ** 0.5, scheduler_config["beta_end"] ** 0.5, steps, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    cumprod = torch.cumprod(alphas, dim=0)
+    cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), cumprod[:-1]])
+    posterior_variance = betas * (1.0 - cumprod_prev) / (1.0 - cumprod)
+    buffers = {
+        "betas": betas,
+        "alphas_cumprod": cumprod,
+        "alphas_cumprod_prev": cumprod_prev,
+        "sqrt_alphas_cumprod": cumprod.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1.0 - cumprod).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - cumprod).log(),
+        "sqrt_recip_alphas_cumprod": (1.0 / cumprod).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / cumprod - 1.0).sqrt(),
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * cumprod_prev.sqrt() / (1.0 - cumprod),
+        "posterior_mean_coef2": (1.0 - cumprod_prev) * alphas.sqrt() / (1.0 - cumprod),
+    }
+    return {name: value.to(torch.float32) for name, value in buffers.items()}
+
+
+def ldm_state_dict(
+    *, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, scheduler_config: dict
+) -> dict[str, torch.Tensor]:
+    """SD-1.x weights under the key names of an A1111/LDM single-file checkpoint.
+
+    Layout as in the original files: `model.diffusion_model.*`, `first_stage_model.*` (attention
+    projections as 1x1 convolutions), `cond_stage_model.transformer.text_model.*` and the
+    noise-schedule buffers. Tensors are fresh contiguous copies, ready for safetensors.
+    """
+    import torch
+
+    config = unet.config
+    up_with_attention = {i for i, kind in enumerate(config.up_block_types) if "CrossAttn" in kind}
+    result: dict[str, torch.Tensor] = {}
+
+    def put(key: str, tensor: torch.Tensor) -> None:
+        if key in result:
+            raise ValueError(f"two weights map to {key!r}")
+        result[key] = tensor.detach().to("cpu").clone().contiguous()
+
+    for key, tensor in unet.state_dict().items():
+        ldm_key = _unet_ldm_key(key, layers_per_block=config.layers_per_block, up_blocks_with_attention=up_with_attention)
+        put("model.diffusion_model." + ldm_key, tensor)
+    up_block_count = len(vae.config.up_block_types)
+    for key, tensor in vae.state_dict().items():
+        ldm_key = _vae_ldm_key(key, up_block_count=up_block_count)
+        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
+        put("first_stage_model." + ldm_key, tensor)
+    # CLIPTextModel lost its `text_model.` level in transformers 5.6; checkpoints keep it.
+    text_state = text_encoder.state_dict()
+    for key, tensor in text_state.items():
+        put("cond_stage_model.transformer.text_model." + key.removeprefix("text_model."), tensor)
+    positions = text_encoder.config.max_position_embeddings
+    put("cond_stage_model.transformer.text_model.embeddings.position_ids", torch.arange(positions).unsqueeze(0))
+    for key, tensor in _ldm_schedule_buffers(dict(scheduler_config)).items():
+        put(key, tensor)
+    return result
+
+
+def write_test_model(target: Path, *, seed: int = 0) -> TestModelPaths:
+    """Write the tiny model twice, byte for byte the same every time for a given seed.
+
+    `target` becomes a diffusers folder (safetensors weights, tokenizer included) and
+    `<target>.safetensors` beside it the same weights as an A1111/LDM single-file checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(target)
+    single_file = target.parent / (target.name + ".safetensors")
+    pipe = build_tiny_pipeline(seed)
+    pipe.save_pretrained(target, safe_serialization=True)
+    tensors = ldm_state_dict(
+        unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, scheduler_config=pipe.scheduler.config
+    )
+    save_file(tensors, single_file, metadata={"format": "pt"})
+    return TestModelPaths(folder=target, single_file=single_file)
