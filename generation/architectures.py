@@ -14,7 +14,7 @@ import gzip
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,45 +50,51 @@ class Architecture:
 
     name: str
     label: str
+    # "sd1", "sd2" or "sdxl": what the rest of the engine branches on (tiny test models included).
+    family: str
     pipeline_class_name: str
-    # Width of the (first) text encoder's token embeddings and of the UNet's cross-attention input.
-    text_width: int
+    # Widths of the text encoders' token embeddings, in component order.
+    text_widths: tuple[int, ...]
     cross_attention_width: int
     unet_base_channels: int
     # Pad token of each tokenizer component of the pipeline.
     pad_tokens: tuple[tuple[str, str], ...]
+    # False where files of another architecture look the same; then only an explicit choice selects it.
+    detectable: bool = True
 
     def pad_token(self, component: str) -> str:
         return dict(self.pad_tokens)[component]
 
 
-ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType({
-    "sd1": Architecture(
-        name="sd1", label="Stable Diffusion 1.x", pipeline_class_name="StableDiffusionPipeline",
-        text_width=768, cross_attention_width=768, unet_base_channels=320,
-        pad_tokens=(("tokenizer", CLIP_EOS),),
-    ),
-    "sd2": Architecture(
-        name="sd2", label="Stable Diffusion 2.x (768, v-prediction)", pipeline_class_name="StableDiffusionPipeline",
-        text_width=1024, cross_attention_width=1024, unet_base_channels=320,
-        pad_tokens=(("tokenizer", OPEN_CLIP_PAD),),
-    ),
-    # Same weights layout as "sd2"; never detected (files do not say which), chosen by override only.
-    "sd2-base": Architecture(
-        name="sd2-base", label="Stable Diffusion 2.x base (512, epsilon)", pipeline_class_name="StableDiffusionPipeline",
-        text_width=1024, cross_attention_width=1024, unet_base_channels=320,
-        pad_tokens=(("tokenizer", OPEN_CLIP_PAD),),
-    ),
-    "sdxl": Architecture(
-        name="sdxl", label="Stable Diffusion XL", pipeline_class_name="StableDiffusionXLPipeline",
-        text_width=768, cross_attention_width=2048, unet_base_channels=320,
+def _sd(
+    name: str, label: str, family: str, text_width: int, base: int, pad: str, *, detectable: bool = True
+) -> Architecture:
+    return Architecture(
+        name=name, label=label, family=family, pipeline_class_name="StableDiffusionPipeline",
+        text_widths=(text_width,), cross_attention_width=text_width, unet_base_channels=base,
+        pad_tokens=(("tokenizer", pad),), detectable=detectable,
+    )
+
+
+def _sdxl(name: str, label: str, clip_l: int, clip_g: int, base: int) -> Architecture:
+    return Architecture(
+        name=name, label=label, family="sdxl", pipeline_class_name="StableDiffusionXLPipeline",
+        text_widths=(clip_l, clip_g), cross_attention_width=clip_l + clip_g, unet_base_channels=base,
         pad_tokens=(("tokenizer", CLIP_EOS), ("tokenizer_2", OPEN_CLIP_PAD)),
+    )
+
+
+ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType({
+    "sd1": _sd("sd1", "Stable Diffusion 1.x", "sd1", 768, 320, CLIP_EOS),
+    "sd2": _sd("sd2", "Stable Diffusion 2.x (768, v-prediction)", "sd2", 1024, 320, OPEN_CLIP_PAD),
+    # Same weights layout as "sd2": files do not say which one they are.
+    "sd2-base": _sd(
+        "sd2-base", "Stable Diffusion 2.x base (512, epsilon)", "sd2", 1024, 320, OPEN_CLIP_PAD, detectable=False
     ),
-    "tiny-sd1": Architecture(
-        name="tiny-sd1", label="tiny SD 1.x test model", pipeline_class_name="StableDiffusionPipeline",
-        text_width=32, cross_attention_width=32, unet_base_channels=32,
-        pad_tokens=(("tokenizer", CLIP_EOS),),
-    ),
+    "sdxl": _sdxl("sdxl", "Stable Diffusion XL", 768, 1280, 320),
+    # Random-weight models with the real layouts but tiny widths, for tests and offline demos.
+    "tiny-sd1": _sd("tiny-sd1", "tiny SD 1.x test model", "sd1", 32, 32, CLIP_EOS),
+    "tiny-sdxl": _sdxl("tiny-sdxl", "tiny SDXL test model", 32, 64, 32),
 })
 
 # Keys that identify each part of an LDM-layout checkpoint.
@@ -99,7 +105,8 @@ SD2_TOKEN_EMBEDDING = "cond_stage_model.model.token_embedding.weight"
 SDXL_CLIP_L_TOKEN_EMBEDDING = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
 SDXL_CLIP_G_TOKEN_EMBEDDING = "conditioner.embedders.1.model.token_embedding.weight"
 SDXL_REFINER_TOKEN_EMBEDDING = "conditioner.embedders.0.model.token_embedding.weight"
-# Files saved with transformers < 4.x lack the `text_model.` level; A1111 renames them the same way.
+_OLD_SD1_TOKEN_EMBEDDING = "cond_stage_model.transformer.embeddings.token_embedding.weight"
+# Some old SD-1.x files lack the `text_model.` level; A1111 renames their keys the same way.
 _OLD_SD1_TEXT_PREFIXES = (
     ("cond_stage_model.transformer.embeddings.", "cond_stage_model.transformer.text_model.embeddings."),
     ("cond_stage_model.transformer.encoder.", "cond_stage_model.transformer.text_model.encoder."),
@@ -126,6 +133,11 @@ def pipeline_class(architecture_name: str) -> type[DiffusionPipeline]:
     import diffusers
 
     return getattr(diffusers, architecture(architecture_name).pipeline_class_name)
+
+
+def family(architecture_name: str) -> str:
+    """The family the engine branches on: "sd1", "sd2" or "sdxl" (tiny models report the one they imitate)."""
+    return architecture(architecture_name).family
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,7 +242,7 @@ def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def _what_else_it_is(shapes: Mapping[str, tuple[int, ...]]) -> str:
     """A hint for files that hold no SD checkpoint, so the user learns what they dropped in."""
     keys = list(shapes)
-    if any("lora" in key.lower() for key in keys[:200]) or any(key.startswith("lora_") for key in keys):
+    if any("lora" in key.lower() for key in keys):
         return "it looks like a LoRA"
     if any(key in shapes for key in ("emb_params", "string_to_param", "clip_l", "clip_g")) and len(keys) <= 4:
         return "it looks like a textual inversion embedding"
@@ -254,27 +266,32 @@ def detect_architecture_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> st
         raise ModelLoadError(f"not a Stable Diffusion checkpoint (no UNet weights): {_what_else_it_is(shapes)}")
     if unet_in[1] != 4:
         kind = {9: "an inpainting", 8: "an instruct-pix2pix"}.get(unet_in[1], f"a {unet_in[1]}-channel")
-        raise ModelLoadError(f"this is {kind} checkpoint; only normal txt2img checkpoints (4 input channels) are supported")
+        raise ModelLoadError(
+            f"this is {kind} checkpoint; only normal txt2img checkpoints (4 input channels) are supported"
+        )
 
     if SDXL_CLIP_G_TOKEN_EMBEDDING in shapes:
-        found = f"SDXL text encoders of width {_width(shapes, SDXL_CLIP_L_TOKEN_EMBEDDING)} and {_width(shapes, SDXL_CLIP_G_TOKEN_EMBEDDING)}"
-        name = "sdxl" if (
-            _width(shapes, SDXL_CLIP_L_TOKEN_EMBEDDING) == 768 and _width(shapes, SDXL_CLIP_G_TOKEN_EMBEDDING) == 1280
-        ) else None
+        widths = (_width(shapes, SDXL_CLIP_L_TOKEN_EMBEDDING), _width(shapes, SDXL_CLIP_G_TOKEN_EMBEDDING))
+        found = f"SDXL text encoders of widths {widths[0]} and {widths[1]}"
     elif SDXL_REFINER_TOKEN_EMBEDDING in shapes:
         raise ModelLoadError("this is an SDXL refiner checkpoint; only base models can generate images on their own")
     elif SD2_TOKEN_EMBEDDING in shapes:
-        width = _width(shapes, SD2_TOKEN_EMBEDDING)
-        found = f"an OpenCLIP text encoder of width {width}"
-        name = "sd2" if width == 1024 else None
+        widths = (_width(shapes, SD2_TOKEN_EMBEDDING),)
+        found = f"an OpenCLIP text encoder of width {widths[0]}"
     else:
-        width = _width(shapes, SD1_TOKEN_EMBEDDING) or _width(
-            shapes, "cond_stage_model.transformer.embeddings.token_embedding.weight"
-        )
+        width = _width(shapes, SD1_TOKEN_EMBEDDING) or _width(shapes, _OLD_SD1_TOKEN_EMBEDDING)
         if width is None:
             raise ModelLoadError("checkpoint has a UNet but no text encoder (cond_stage_model / conditioner weights)")
+        widths = (width,)
         found = f"a CLIP text encoder of width {width}"
-        name = {768: "sd1", 32: "tiny-sd1"}.get(width)
+    layout = "sdxl" if len(widths) == 2 else ("sd2" if SD2_TOKEN_EMBEDDING in shapes else "sd1")
+    name = next(
+        (
+            spec.name for spec in ARCHITECTURES.values()
+            if spec.detectable and spec.family == layout and spec.text_widths == widths
+        ),
+        None,
+    )
     if name is None:
         raise ModelLoadError(f"unknown checkpoint architecture: {found}")
 
@@ -284,10 +301,10 @@ def detect_architecture_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> st
             f"unknown checkpoint architecture: {found} but a UNet with {unet_in[0]} base channels "
             f"({spec.label} has {spec.unet_base_channels})"
         )
-    cross = next(
-        (shape[-1] for key, shape in shapes.items() if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")),
-        None,
+    cross_attention_keys = (
+        key for key in shapes if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")
     )
+    cross = next((shapes[key][-1] for key in cross_attention_keys), None)
     if cross is not None and cross != spec.cross_attention_width:
         raise ModelLoadError(
             f"unknown checkpoint architecture: {found} but UNet cross-attention of width {cross} "
@@ -354,15 +371,18 @@ def _quiet_dtype_casts() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def _load_components(
-    checkpoint: dict[str, torch.Tensor], spec: Architecture, dtype: torch.dtype
+def build_components(
+    architecture_name: str, make_model: Callable[[str, type], torch.nn.Module]
 ) -> dict[str, Any]:
-    """Every pipeline component, built from the shipped configs and the checkpoint's weights."""
-    import diffusers
-    import torch
-    import transformers
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    """Keyword arguments for the architecture's pipeline class, from its shipped `model_index.json`.
 
+    Tokenizers, schedulers and pipeline options come from the configs; each model component
+    (UNet, VAE, text encoders) from `make_model(component_name, model_class)`, in a fixed order.
+    """
+    import diffusers
+    import transformers
+
+    spec = architecture(architecture_name)
     folder = config_dir(spec.name)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     components: dict[str, Any] = {}
@@ -377,29 +397,49 @@ def _load_components(
             components[name] = None
         elif class_name == "CLIPTokenizer":
             components[name] = sd_clip_tokenizer(pad_token=spec.pad_token(name))
-        elif library == "transformers":
-            components[name] = create_diffusers_clip_model_from_ldm(
-                getattr(transformers, class_name), checkpoint=checkpoint, config=str(folder), subfolder=name,
-                torch_dtype=dtype, local_files_only=True,
-            )
-        elif library == "diffusers" and issubclass(cls := getattr(diffusers, class_name), diffusers.SchedulerMixin):
-            components[name] = cls.from_pretrained(folder, subfolder=name)
-        elif library == "diffusers":
-            components[name] = cls.from_single_file(
-                checkpoint, config=str(folder), subfolder=name, local_files_only=True, dtype=dtype
-            )
+        elif library in ("diffusers", "transformers"):
+            component_class = getattr(diffusers if library == "diffusers" else transformers, class_name)
+            if issubclass(component_class, diffusers.SchedulerMixin):
+                components[name] = component_class.from_pretrained(folder, subfolder=name)
+            else:
+                components[name] = make_model(name, component_class)
         else:
             raise ModelLoadError(f"config for {spec.name} names an unsupported component {library}.{class_name}")
-        module = components[name]
-        if isinstance(module, torch.nn.Module):
-            # Weights absent from the file stay as empty "meta" tensors; say so now, not at generation time.
-            missing = [key for key, param in module.named_parameters() if param.device.type == "meta"]
-            if missing:
-                raise ModelLoadError(
-                    f"checkpoint has no weights for the {name.replace('_', ' ')} "
-                    f"({len(missing)} missing, e.g. {missing[0]})"
-                )
     return components
+
+
+def _load_components(checkpoint: dict[str, torch.Tensor], spec: Architecture, dtype: torch.dtype) -> dict[str, Any]:
+    """Every pipeline component, its weights converted from the checkpoint by diffusers' own converters."""
+    import torch
+    import transformers
+    from diffusers.loaders.single_file_utils import SingleFileComponentError, create_diffusers_clip_model_from_ldm
+
+    folder = str(config_dir(spec.name))
+
+    def load_model(name: str, model_class: type) -> torch.nn.Module:
+        part = name.replace("_", " ")
+        try:
+            if issubclass(model_class, transformers.PreTrainedModel):
+                model = create_diffusers_clip_model_from_ldm(
+                    model_class, checkpoint=checkpoint, config=folder, subfolder=name, local_files_only=True
+                )
+            else:
+                # No dtype here: diffusers would cast before we can see missing weights.
+                model = model_class.from_single_file(checkpoint, config=folder, subfolder=name, local_files_only=True)
+        except SingleFileComponentError:
+            raise ModelLoadError(f"checkpoint has no weights for the {part}") from None
+        except NotImplementedError as exc:
+            # diffusers moves the model before we can look: weights it never got are empty meta tensors.
+            if "meta tensor" not in str(exc):
+                raise
+            raise ModelLoadError(f"checkpoint lacks some weights of the {part}") from None
+        # Weights absent from the file stay as empty "meta" tensors; say so now, not at generation time.
+        missing = [key for key, param in model.named_parameters() if param.device.type == "meta"]
+        if missing:
+            raise ModelLoadError(f"checkpoint lacks {len(missing)} weights of the {part}, e.g. {missing[0]}")
+        return model.to(dtype)
+
+    return build_components(spec.name, load_model)
 
 
 def _one_line(exc: BaseException) -> str:

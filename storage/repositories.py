@@ -229,6 +229,26 @@ class JobRepository:
     async def finish(self, job_id: int) -> bool:
         return await self.transition(job_id, from_status={"running"}, to_status="done", error=None)
 
+    async def complete(self, job_id: int, images: Iterable[NewImage]) -> builtins.list[ImageRecord] | None:
+        """running -> done and the job's image rows in ONE transaction, so a crash never leaves half of it.
+
+        Returns the image records, or None when the job was no longer running (canceled meanwhile)."""
+        images = builtins.list(images)
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(status="done", error=None, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        async with self._db.write() as session:
+            result = await session.execute(statement)
+            if result.rowcount != 1:
+                return None
+            rows = [_image_row(job_id, image) for image in images]
+            session.add_all(rows)
+            await session.flush()
+            return sorted((_image_record(row) for row in rows), key=lambda record: record.index)
+
     async def fail(
         self, job_id: int, error: str, *, from_status: Collection[str] = ACTIVE_STATUSES
     ) -> bool:
@@ -341,6 +361,21 @@ def _image_record(row: Image) -> ImageRecord:
     )
 
 
+def _image_row(job_id: int, image: NewImage | ImageRecord) -> Image:
+    return Image(
+        job_id=job_id,
+        image_index=image.index,
+        seed=image.seed,
+        path=os.fspath(image.path),
+        sha256=image.sha256,
+        width=image.width,
+        height=image.height,
+        bytes=image.bytes,
+        infotext=image.infotext,
+        message_id=image.message_id,
+    )
+
+
 class ImageRepository:
     def __init__(self, db: Database):
         self._db = db
@@ -349,21 +384,7 @@ class ImageRepository:
         self, job_id: int, images: Iterable[NewImage | ImageRecord]
     ) -> builtins.list[ImageRecord]:
         """Record a job's images (the `id`/`job_id` of an ImageRecord passed in are ignored)."""
-        rows = [
-            Image(
-                job_id=job_id,
-                image_index=image.index,
-                seed=image.seed,
-                path=os.fspath(image.path),
-                sha256=image.sha256,
-                width=image.width,
-                height=image.height,
-                bytes=image.bytes,
-                infotext=image.infotext,
-                message_id=image.message_id,
-            )
-            for image in images
-        ]
+        rows = [_image_row(job_id, image) for image in images]
         async with self._db.write() as session:
             session.add_all(rows)
             await session.flush()

@@ -179,13 +179,31 @@ def test_folder_loads_offline_with_its_own_tokenizer(tiny_files):
     assert np.array_equal(_image(pipe), _image(build_tiny_pipeline()))
 
 
-def test_single_file_gives_the_same_image_as_the_folder(tiny_files):
-    from diffusers import StableDiffusionPipeline
+@pytest.mark.parametrize("architecture", ["tiny-sd1", "tiny-sdxl"])
+def test_single_file_gives_the_same_image_as_the_folder(tmp_path, architecture):
+    from diffusers import DiffusionPipeline
 
-    from_folder = StableDiffusionPipeline.from_pretrained(tiny_files.folder, local_files_only=True)
-    from_file = architectures.load_single_file(tiny_files.single_file, dtype=torch.float32)
-    for name in ("unet", "vae", "text_encoder"):
+    files = write_test_model(tmp_path / "tiny", architecture=architecture)
+    from_folder = DiffusionPipeline.from_pretrained(files.folder, local_files_only=True)
+    from_file = architectures.load_single_file(files.single_file, dtype=torch.float32)
+    assert type(from_file) is type(from_folder) is architectures.pipeline_class(architecture)
+    assert architectures.detect_architecture(files.single_file) == architecture
+    models = [name for name in ("unet", "vae", "text_encoder", "text_encoder_2") if hasattr(from_folder, name)]
+    for name in models:
         a, b = getattr(from_folder, name).state_dict(), getattr(from_file, name).state_dict()
         assert a.keys() == b.keys(), name
         assert all(torch.equal(a[key], b[key]) for key in a), name
     assert np.array_equal(_image(from_folder, steps=4), _image(from_file, steps=4))
+
+
+def test_tiny_sdxl_pipeline_is_sdxl_shaped():
+    pipe = build_tiny_pipeline(architecture="tiny-sdxl")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipe.unet.config.cross_attention_dim == 32 + 64
+    assert pipe.tokenizer.pad_token == "<|endoftext|>" and pipe.tokenizer_2.pad_token == "!"
+    assert pipe.text_encoder_2.config.projection_dim == 64
+    assert pipe.config.force_zeros_for_empty_prompt is True
+    image = _image(pipe)
+    assert image.shape == (64, 64, 3) and image.std() > 5
+    with pytest.raises(ValueError, match="tiny-sd1"):
+        build_tiny_pipeline(architecture="sd1")

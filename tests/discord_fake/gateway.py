@@ -21,6 +21,7 @@ from .state import (
     INTENT_GUILD_PRESENCES,
     PRIVILEGED_INTENTS,
     DiscordState,
+    FakeGuild,
 )
 
 _log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Gateway:
         """Sends an event to every live session subscribed to one of `intents` (0: always sent)."""
         for session in self.live_sessions:
             if session.wants(intents):
-                await self._send_dispatch(session, event, data)
+                await self.send_dispatch(session, event, data)
 
     async def request_reconnect(self) -> None:
         """Sends op 7 RECONNECT: discord.py closes and RESUMEs at resume_gateway_url."""
@@ -192,14 +193,14 @@ class Gateway:
             "geo_ordered_rtc_regions": ["fake"],
             "user_settings": {},
         }
-        await self._send_dispatch(session, "READY", ready)
+        await self.send_dispatch(session, "READY", ready)
         for guild in guilds:
-            await self._send_dispatch(session, "GUILD_CREATE", self.guild_create_payload(guild, session))
+            await self.send_dispatch(session, "GUILD_CREATE", self.guild_create_payload(guild, session))
         session.ready.set()
         state.changed.notify()
         return session
 
-    def guild_create_payload(self, guild: Any, session: GatewaySession) -> dict[str, Any]:
+    def guild_create_payload(self, guild: FakeGuild, session: GatewaySession) -> dict[str, Any]:
         # Without the presences intent Discord lists only the bot itself (and voice members).
         return self._state.guild_payload(guild, members=bool(session.intents & INTENT_GUILD_PRESENCES))
 
@@ -217,7 +218,7 @@ class Gateway:
             for frame in session.backlog:
                 if frame["s"] > last_seen:
                     await socket.send_str(json.dumps(frame))
-        await self._send_dispatch(session, "RESUMED", {})
+        await self.send_dispatch(session, "RESUMED", {})
         self._state.changed.notify()
         return session
 
@@ -247,11 +248,11 @@ class Gateway:
         }
         if data.get("nonce") is not None:
             chunk["nonce"] = data["nonce"]
-        await self._send_dispatch(session, "GUILD_MEMBERS_CHUNK", chunk)
+        await self.send_dispatch(session, "GUILD_MEMBERS_CHUNK", chunk)
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def _send_dispatch(self, session: GatewaySession, event: str, data: dict[str, Any]) -> None:
+    async def send_dispatch(self, session: GatewaySession, event: str, data: dict[str, Any]) -> None:
         async with session.send_lock:
             session.sequence += 1
             frame = {"op": DISPATCH, "t": event, "s": session.sequence, "d": data}

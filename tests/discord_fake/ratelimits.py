@@ -70,10 +70,10 @@ class RateLimiter:
     _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
     injected: list[InjectedRateLimit] = field(default_factory=list)
 
-    def check(self, bucket_name: str, major_key: str) -> Verdict:
-        """Counts one request against the bucket; says whether it may proceed, with headers."""
+    def check(self, bucket_name: str, major_key: str, *, now: float | None = None) -> Verdict:
+        """Counts one request (arrived at `now`) against the bucket: may it proceed, with headers."""
         limit: BucketLimit = getattr(self.limits, bucket_name)
-        now = self.clock_monotonic()
+        now = self.clock_monotonic() if now is None else now
         window = self._windows.get((bucket_name, major_key))
         if window is None or now >= window.started + limit.period:
             window = _Window(started=now)
@@ -93,12 +93,17 @@ class RateLimiter:
         return None
 
 
+def _seconds(value: float) -> str:
+    # Rounded up: a client sleeping exactly this long must land in the next window.
+    return f"{math.ceil(value * 1000) / 1000:.3f}"
+
+
 def _headers(limit: int, remaining: int, reset_after: float, bucket_hash: str) -> dict[str, str]:
     return {
         "X-RateLimit-Limit": str(limit),
         "X-RateLimit-Remaining": str(remaining),
         "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
-        "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+        "X-RateLimit-Reset-After": _seconds(reset_after),
         "X-RateLimit-Bucket": bucket_hash,
     }
 
@@ -108,7 +113,7 @@ def too_many_requests_headers(retry_after: float, *, with_via: bool, is_global: 
     headers = dict(bucket_headers or {})
     headers["X-RateLimit-Remaining"] = "0"
     headers.setdefault("X-RateLimit-Limit", "1")
-    headers["X-RateLimit-Reset-After"] = f"{retry_after:.3f}"
+    headers["X-RateLimit-Reset-After"] = _seconds(retry_after)
     headers["X-RateLimit-Reset"] = f"{time.time() + retry_after:.3f}"
     headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     headers["X-RateLimit-Scope"] = "global" if is_global else "user"

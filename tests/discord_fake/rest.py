@@ -62,6 +62,7 @@ from .state import (
     DiscordState,
     FakeAttachment,
     FakeChannel,
+    FakeGuild,
     FakeInteraction,
     FakeMessage,
     FakeReaction,
@@ -82,6 +83,8 @@ from .validation import (
 _log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+# Parsed request bodies, kept on the request for handlers and the request log.
+_BODY_KEY: Any = web.RequestKey("fake_body", tuple) if hasattr(web, "RequestKey") else "fake_body"
 JSON_CONTENT_TYPE = "application/json"
 
 # Callback types each interaction type accepts.
@@ -226,14 +229,15 @@ class RestApi:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         is_api = request.path.startswith(API_PREFIX)
+        arrived = self._state.clock.monotonic()
         verdict: Verdict | None = None
         error_code: int | None = None
         unhandled = False
         try:
             await self._read_body(request)
             if is_api:
+                verdict = self._rate_limit(request, arrived=arrived)
                 self._check_auth(request)
-                verdict = self._rate_limit(request)
             response = await handler(request)
         except DiscordHTTPError as error:
             response = json_response(error.body(), status=error.status)
@@ -251,14 +255,14 @@ class RestApi:
             for key, value in verdict.headers.items():
                 response.headers.setdefault(key, value)
         if is_api:
-            files = request.get("fake_files", [])
+            payload, files = self._raw_body(request)
             record = RecordedRequest(
-                at=self._state.clock.elapsed(),
+                at=self._state.clock.since_start(arrived),
                 method=request.method,
                 path=request.path,
                 query=dict(request.query),
                 status=response.status,
-                json=request.get("fake_json"),
+                json=payload,
                 files=tuple((f.field_name, f.filename, len(f.data)) for f in files),
                 error_code=error_code,
             )
@@ -290,13 +294,15 @@ class RestApi:
                         payload = json.loads(raw)
                     except ValueError:
                         raise DiscordHTTPError(400, 50109, "The request body contains invalid JSON.") from None
-        request["fake_json"] = payload
-        request["fake_files"] = files
+        request[_BODY_KEY] = (payload, files)
 
     @staticmethod
-    def _body(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
-        payload = request.get("fake_json")
-        return (payload if isinstance(payload, dict) else {}), request.get("fake_files", [])
+    def _raw_body(request: web.Request) -> tuple[Any, list[UploadedFile]]:
+        return request.get(_BODY_KEY, (None, []))
+
+    def _body(self, request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
+        payload, files = self._raw_body(request)
+        return (payload if isinstance(payload, dict) else {}), files
 
     def _check_auth(self, request: web.Request) -> None:
         # Interaction callbacks and webhooks authenticate with the token in the URL.
@@ -305,7 +311,7 @@ class RestApi:
         if request.headers.get("Authorization") != f"Bot {self._state.token}":
             raise DiscordHTTPError(401, 0, "401: Unauthorized")
 
-    def _rate_limit(self, request: web.Request) -> Verdict | None:
+    def _rate_limit(self, request: web.Request, *, arrived: float) -> Verdict | None:
         injected = self._limiter.take_injected(request.method, request.path)
         if injected is not None:
             headers = too_many_requests_headers(
@@ -322,7 +328,7 @@ class RestApi:
         bucket, major = self._buckets.get((request.method, canonical), ("default", None))
         major_value = request.match_info.get(major, "") if major else ""
         key = major_value if bucket != "default" else f"{request.method} {canonical} {major_value}"
-        verdict = self._limiter.check(bucket, key)
+        verdict = self._limiter.check(bucket, key, now=arrived)
         if not verdict.allowed:
             headers = too_many_requests_headers(
                 verdict.retry_after, with_via=True, is_global=False, bucket_headers=verdict.headers
@@ -356,7 +362,7 @@ class RestApi:
 
     async def get_application(self, request: web.Request) -> web.Response:
         state = self._state
-        owner = next((user for user in state.users.values() if not user.bot), state.bot)
+        owner = state.application_owner()
         return json_response({
             "id": str(state.application_id),
             "name": state.bot.name,
@@ -421,7 +427,10 @@ class RestApi:
                 "name_localizations": command.get("name_localizations"),
                 "description": command.get("description", ""),
                 "description_localizations": command.get("description_localizations"),
-                "default_member_permissions": command.get("default_member_permissions"),
+                "default_member_permissions": (
+                    None if command.get("default_member_permissions") is None
+                    else str(command["default_member_permissions"])  # Discord answers with a string
+                ),
                 "dm_permission": command.get("dm_permission", True),
                 "nsfw": command.get("nsfw", False),
                 "contexts": command.get("contexts"),
@@ -440,7 +449,7 @@ class RestApi:
 
     async def put_global_commands(self, request: web.Request) -> web.Response:
         self._check_app(request)
-        incoming = request.get("fake_json")
+        incoming, _ = self._raw_body(request)
         validate_commands(incoming)
         self._state.global_commands = self._store_commands(self._state.global_commands, incoming, None)
         self._state.changed.notify()
@@ -472,7 +481,7 @@ class RestApi:
     async def put_guild_commands(self, request: web.Request) -> web.Response:
         self._check_app(request)
         guild_id = self._command_guild(request)
-        incoming = request.get("fake_json")
+        incoming, _ = self._raw_body(request)
         validate_commands(incoming)
         existing = self._state.guild_commands.get(guild_id, {})
         self._state.guild_commands[guild_id] = self._store_commands(existing, incoming, guild_id)
@@ -1044,7 +1053,7 @@ class RestApi:
 
     # -- guilds ----------------------------------------------------------------------------------
 
-    def _guild(self, request: web.Request):
+    def _guild(self, request: web.Request) -> FakeGuild:
         guild_id = _snowflake(request.match_info["guild_id"], code=UNKNOWN_GUILD, what="Guild")
         guild = self._state.guilds.get(guild_id)
         if guild is None:

@@ -110,7 +110,11 @@ class FakeClock:
 
     def elapsed(self) -> float:
         """Seconds since the fake started, including any advance_time()."""
-        return self.monotonic() - self._started
+        return self.since_start(self.monotonic())
+
+    def since_start(self, moment: float) -> float:
+        """Converts a monotonic() reading to seconds since the fake started."""
+        return moment - self._started
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=self._offset)
@@ -494,7 +498,7 @@ class ResponseEvent:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One HTTP request the fake answered (at: fake-clock seconds since start)."""
+    """One HTTP request the fake answered (at: fake-clock seconds since start, on arrival)."""
 
     at: float
     method: str
@@ -627,6 +631,7 @@ class DiscordState:
     application_id: int
     token: str
     base_url: str = ""
+    application_owner_id: int | None = None
     users: dict[int, FakeUser] = field(default_factory=dict)
     guilds: dict[int, FakeGuild] = field(default_factory=dict)
     channels: dict[int, FakeChannel] = field(default_factory=dict)
@@ -645,6 +650,13 @@ class DiscordState:
 
     def new_interaction_token(self) -> str:
         return f"aW50ZXJhY3Rpb24.fake-token-{next(self._token_counter)}"
+
+    def application_owner(self) -> FakeUser:
+        """The configured owner, else whoever owns the first guild (a typical self-hosted bot)."""
+        if self.application_owner_id is not None:
+            return self.users[self.application_owner_id]
+        first_guild = next(iter(self.guilds.values()), None)
+        return self.users[first_guild.owner_id] if first_guild is not None else self.bot
 
     def member(self, guild_id: int, user_id: int) -> FakeMember | None:
         guild = self.guilds.get(guild_id)

@@ -498,7 +498,10 @@ def validate_commands(commands: Any) -> None:
             else:
                 _validate_options(options, (*path, "options"), errors, depth=0)
         permissions = command.get("default_member_permissions")
-        if permissions is not None and not (isinstance(permissions, str) and permissions.isdigit()):
+        valid_permissions = (isinstance(permissions, str) and permissions.isdigit()) or (
+            isinstance(permissions, int) and not isinstance(permissions, bool) and permissions >= 0
+        )
+        if permissions is not None and not valid_permissions:
             errors.add((*path, "default_member_permissions"), "BASE_TYPE_INVALID", "Must be a permission integer string")
         contexts = command.get("contexts")
         if contexts is not None and not set(contexts) <= {0, 1, 2}:

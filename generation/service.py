@@ -1,0 +1,339 @@
+"""One service for every frontend: submit, position, cancel, subscribe to events, history.
+
+The database is the source of truth (the queue is rows); the fair scheduler only decides the
+order and is rebuilt from the queued rows at start. A batch runs on the executor while this
+task publishes its events; every terminal state is written before it is announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import AsyncIterator
+
+from .config import Config
+from .engine import BatchItem, CancelToken, Engine
+from .errors import EaselError
+from .executor import Executor, ItemCanceled, ItemFailed, ItemFinished, ItemProgress
+from .infotext import png_with_infotext
+from .previews import preview_png
+from .requests import GenerationRequest
+from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy, job_cost
+
+log = logging.getLogger(__name__)
+
+
+class QueueLimitReached(EaselError):
+    pass
+
+
+class NotAllowed(EaselError):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplyTarget:
+    """Where a job's result goes, in plain ids (never a Discord object), so it survives a restart."""
+
+    frontend: str = "cli"
+    guild_id: int | None = None
+    channel_id: int | None = None
+    application_id: int | None = None
+    interaction_token: str | None = None
+    interaction_created_at: datetime | None = None
+
+
+# Events, per job. A subscriber may see many JobQueued/JobProgress, then exactly one terminal event.
+@dataclass(frozen=True)
+class JobQueued:
+    job_id: int
+    position: int
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    job_id: int
+    step: int
+    total: int
+    preview_png: bytes | None = None
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: int
+    images: tuple  # storage ImageRecord, in index order
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobCanceled:
+    job_id: int
+    reason: str
+
+
+JobEvent = JobQueued | JobStarted | JobProgress | JobFinished | JobFailed | JobCanceled
+TERMINAL_EVENTS = (JobFinished, JobFailed, JobCanceled)
+
+
+class Subscription:
+    """An async iterator of events (of one job, or of all jobs when job_id is None)."""
+
+    def __init__(self, service: "GenerationService", job_id: int | None):
+        self.job_id = job_id
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._service = service
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            event = await self.queue.get()
+            yield event
+            if self.job_id is not None and isinstance(event, TERMINAL_EVENTS):
+                self.close()
+                return
+
+    def close(self) -> None:
+        self._service._subscriptions.discard(self)
+
+
+class GenerationService:
+    def __init__(self, *, config: Config, store, engine: Engine, executor: Executor,
+                 policy: SchedulerPolicy | None = None, scheduler_class=FairScheduler,
+                 frontend_only: str | None = None):
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.executor = executor
+        self.policy = policy or SchedulerPolicy(max_batch=config.queue.max_batch,
+                                                affinity_lookahead=config.queue.affinity_lookahead)
+        self._scheduler_class = scheduler_class
+        self._scheduler = scheduler_class(self.policy)
+        # The CLI runs its own service beside a possibly running bot: it must touch only its own jobs.
+        self._frontend_only = frontend_only
+        self._subscriptions: set[Subscription] = set()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._running: dict[int, CancelToken] = {}
+        self._announced_terminal: set[int] = set()
+        self._positions: dict[int, int] = {}
+        self.image_dir = config.data_dir / "images"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._frontend_only is None:
+            requeued, failed = await self.store.jobs.recover_interrupted(self.config.queue.max_attempts)
+            if requeued or failed:
+                log.warning("recovered after a restart: %d jobs queued again, %d failed", len(requeued), len(failed))
+        jobs = [self._queued_job(record) for record in await self.store.jobs.list_queued()
+                if self._frontend_only in (None, record.frontend)]
+        self._scheduler = self._scheduler_class.rebuild(self.policy, jobs)
+        self._positions = self._scheduler.positions()
+        self._task = asyncio.create_task(self._dispatch_loop(), name="easel-dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # ------------------------------------------------------------------ frontend API
+    async def submit(self, request: GenerationRequest, *, owner_id: int, target: ReplyTarget = ReplyTarget()):
+        """Validate, check the caps, store and enqueue. Returns the JobRecord; raises EaselError for the user."""
+        request = self.engine.check_request(request).with_resolved_seed()
+        await self._check_caps(owner_id, target.guild_id)
+        key = repr(self.engine.batch_key(request))
+        record = await self.store.jobs.create(
+            owner_id=owner_id, request=request.to_dict(), checkpoint=self.engine.registry.resolve(request.checkpoint).name,
+            batch_key=key, cost=job_cost(request.width, request.height, request.steps, request.count),
+            frontend=target.frontend, guild_id=target.guild_id, channel_id=target.channel_id,
+            application_id=target.application_id, interaction_token=target.interaction_token,
+            interaction_created_at=target.interaction_created_at,
+        )
+        await self.store.prompt_history.add(user_id=owner_id, guild_id=target.guild_id, job_id=record.id,
+                                            prompt=request.prompt, negative_prompt=request.negative_prompt)
+        self._scheduler.add(self._queued_job(record))
+        self._publish_positions()
+        self._wakeup.set()
+        return record
+
+    def position(self, job_id: int) -> int | None:
+        """1-based place in the queue, 0 while running, None when not queued here."""
+        if job_id in self._running:
+            return 0
+        return self._positions.get(job_id)
+
+    def queued_jobs(self) -> list[QueuedJob]:
+        return self._scheduler.jobs()
+
+    async def cancel(self, job_id: int, *, by_user_id: int, moderator: bool = False) -> bool:
+        """Cancel a queued or running job. Only its owner or a moderator may. False when already over."""
+        record = await self.store.jobs.get(job_id)
+        if record is None:
+            raise NotAllowed(f"there is no job #{job_id}")
+        if record.owner_id != by_user_id and not moderator:
+            raise NotAllowed("only the member who asked for it or a moderator can cancel that job")
+        if record.is_terminal:
+            return False
+        reason = "canceled by its owner" if record.owner_id == by_user_id else "canceled by a moderator"
+        if await self.store.jobs.cancel(job_id, canceled_by=by_user_id, from_status={"queued"}):
+            self._scheduler.remove(job_id)
+        elif await self.store.jobs.cancel(job_id, canceled_by=by_user_id, from_status={"running"}):
+            self.executor.cancel(job_id, reason)  # stops the run at once; its batch partners go on
+        else:
+            return False
+        self._announce(JobCanceled(job_id, reason))
+        self._publish_positions()
+        return True
+
+    def subscribe(self, job_id: int | None = None) -> Subscription:
+        subscription = Subscription(self, job_id)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def history(self, user_id: int, query: str | None = None, *, limit: int = 10, offset: int = 0):
+        return await self.store.prompt_history.search(user_id, query, limit=limit, offset=offset)
+
+    async def wait_idle(self, timeout: float = 60.0) -> None:
+        """For tests and the CLI: until nothing is queued or running."""
+        async def idle():
+            while len(self._scheduler) or self._running:
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(idle(), timeout)
+
+    # ------------------------------------------------------------------ internals
+    async def _check_caps(self, owner_id: int, guild_id: int | None) -> None:
+        per_user, per_guild = self.config.queue.per_user_queued, self.config.queue.per_guild_queued
+        if guild_id is not None:
+            settings = await self.store.guilds.get_settings(guild_id)
+            per_user = min(per_user, int(settings.get("max_queued_per_member", per_user)))
+            per_guild = min(per_guild, int(settings.get("max_queued", per_guild)))
+        mine = await self.store.jobs.count_queued(owner_id=owner_id, include_running=True)
+        if mine >= per_user:
+            raise QueueLimitReached(f"you already have {mine} jobs waiting; the limit is {per_user}. "
+                                    "Wait for one to finish or cancel one.")
+        if guild_id is not None:
+            theirs = await self.store.jobs.count_queued(guild_id=guild_id, include_running=True)
+            if theirs >= per_guild:
+                raise QueueLimitReached(f"this server already has {theirs} jobs waiting; the limit is {per_guild}. "
+                                        "Try again in a little while.")
+
+    @staticmethod
+    def _queued_job(record) -> QueuedJob:
+        request = record.request
+        return QueuedJob(job_id=record.id, owner_id=record.owner_id, guild_id=record.guild_id, seq=record.id,
+                         cost=record.cost, images=int(request.get("count", 1)), checkpoint=record.checkpoint,
+                         batch_key=record.batch_key)
+
+    def _announce(self, event: JobEvent) -> None:
+        if isinstance(event, TERMINAL_EVENTS):
+            if event.job_id in self._announced_terminal:
+                return
+            self._announced_terminal.add(event.job_id)
+        for subscription in list(self._subscriptions):
+            if subscription.job_id in (None, event.job_id):
+                subscription.queue.put_nowait(event)
+
+    def _publish_positions(self) -> None:
+        positions = self._scheduler.positions()
+        for job_id, position in positions.items():
+            if self._positions.get(job_id) != position:
+                self._announce(JobQueued(job_id, position))
+        self._positions = positions
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            batch = self._scheduler.next_batch(loaded_checkpoint=self.executor.loaded_checkpoint)
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._run_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("a batch failed unexpectedly")
+            self._publish_positions()
+
+    async def _run_batch(self, batch: list[QueuedJob]) -> None:
+        items: list[BatchItem] = []
+        for job in batch:
+            if not await self.store.jobs.start(job.job_id):
+                continue  # canceled between pick and start
+            record = await self.store.jobs.get(job.job_id)
+            token = CancelToken()
+            self._running[job.job_id] = token
+            items.append(BatchItem(key=job.job_id, request=GenerationRequest.from_dict(record.request), cancel=token))
+            self._announce(JobStarted(job.job_id))
+        self._publish_positions()
+        try:
+            async for event in self.executor.run_batch(items):
+                if isinstance(event, ItemProgress):
+                    preview = event.progress.preview
+                    self._announce(JobProgress(event.key, event.progress.step, event.progress.total,
+                                               preview_png(preview) if preview is not None else None))
+                elif isinstance(event, ItemFinished):
+                    await self._finish(event)
+                elif isinstance(event, ItemFailed):
+                    if await self.store.jobs.fail(event.key, event.reason, from_status={"running"}):
+                        self._announce(JobFailed(event.key, event.reason))
+                elif isinstance(event, ItemCanceled):
+                    if await self.store.jobs.cancel(event.key, from_status={"running"}):
+                        self._announce(JobCanceled(event.key, event.reason))
+                    else:
+                        record = await self.store.jobs.get(event.key)
+                        if record is not None and record.status == "canceled":
+                            self._announce(JobCanceled(event.key, event.reason))
+        finally:
+            for item in items:
+                self._running.pop(item.key, None)
+
+    async def _finish(self, event: ItemFinished) -> None:
+        from storage.records import NewImage
+
+        folder = self.image_dir / str(event.key)
+        new_images = await asyncio.to_thread(_write_images, folder, event.images)
+        images = await self.store.jobs.complete(event.key, [NewImage(**fields) for fields in new_images])
+        if images is None:  # canceled while it ran: its files are not kept
+            await asyncio.to_thread(_remove_files, [Path(f["path"]) for f in new_images])
+            return
+        self._announce(JobFinished(event.key, tuple(images)))
+
+
+def _write_images(folder: Path, images) -> list[dict]:
+    """PNG files with infotext; rewriting after a crash-and-retry overwrites the same names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image in images:
+        data = png_with_infotext(image.image, image.infotext)
+        path = folder / f"{image.index}-{image.seed}.png"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        written.append(dict(index=image.index, seed=image.seed, path=path, sha256=hashlib.sha256(data).hexdigest(),
+                            width=image.image.width, height=image.image.height, bytes=len(data), infotext=image.infotext))
+    return written
+
+
+def _remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+"""Shared fixtures: the tiny offline model (built once per session) and configs pointing at it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the hub
+warnings.filterwarnings("ignore", message="Should have ta>=t0")
+
+from generation.config import Config, config_from_mapping  # noqa: E402
+
+EMBEDDING_WIDTH = 32  # the tiny model's text encoder
+
+
+def write_embeddings(folder: Path) -> None:
+    """One file per supported format, plus one with the wrong width."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(7)
+    vectors = lambda n, width=EMBEDDING_WIDTH: torch.randn(n, width, generator=generator) * 2  # noqa: E731
+    torch.save({"string_to_param": {"*": vectors(2)}, "name": "a1111pt", "step": 100}, folder / "a1111pt.pt")
+    save_file({"emb_params": vectors(1)}, str(folder / "a1111st.safetensors"))
+    save_file({"diffusersemb": vectors(1)}, str(folder / "diffusersemb.safetensors"))
+    save_file({"emb_params": vectors(1, 768)}, str(folder / "widewidth.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    from generation.testing import write_test_model
+
+    root = tmp_path_factory.mktemp("models")
+    write_test_model(root / "checkpoints" / "tiny")
+    write_embeddings(root / "embeddings")
+    return root
+
+
+@pytest.fixture(scope="session")
+def base_config(models_dir, tmp_path_factory) -> Config:
+    return make_config(models_dir, tmp_path_factory.mktemp("data"))
+
+
+def make_config(models_dir: Path, data_dir: Path, **sections) -> Config:
+    data = {
+        "paths": {"models_dir": str(models_dir), "data_dir": str(data_dir)},
+        "device": {"device": "cpu"},
+        "models": {"default_checkpoint": "tiny"},
+        "defaults": {"width": 64, "height": 64, "steps": 4},
+        "previews": {"every_n_steps": 2},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_mapping(data, env={})
+
+
+@pytest.fixture(scope="session")
+def registry(base_config):
+    from generation.registry import ModelRegistry
+
+    registry = ModelRegistry.from_config(base_config)
+    registry.refresh()
+    return registry
+
+
+@pytest.fixture(scope="session")
+def engine(base_config, registry):
+    from generation.engine import Engine
+
+    return Engine(config=base_config, registry=registry)
+
+
+def tiny_request(**changes):
+    from generation.requests import GenerationRequest
+
+    fields = dict(prompt="a red cat", width=64, height=64, steps=4, seed=1234, sampler="Euler")
+    fields.update(changes)
+    return GenerationRequest(**fields)

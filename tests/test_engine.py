@@ -1,0 +1,183 @@
+"""The engine end to end on the tiny offline model (CPU): samplers, seeds, modes, embeddings, cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation.engine import BatchItem, CancelToken, Engine
+from generation.errors import Canceled, EmbeddingError, InvalidRequest, ModelNotFound
+from generation.infotext import parse_infotext, to_request_fields
+from generation.samplers import SAMPLER_NAMES
+
+from .conftest import tiny_request
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def max_diff(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_runs_and_is_deterministic(engine, sampler):
+    request = tiny_request(sampler=sampler, steps=3)
+    first = engine.generate(request)
+    again = engine.generate(request)
+    assert len(first) == 1 and first[0].image.size == (64, 64)
+    assert max_diff(first[0].image, again[0].image) == 0
+    assert f"Sampler: {sampler}," in first[0].infotext
+
+
+def test_samplers_give_different_images(engine):
+    euler_a = engine.generate(tiny_request(sampler="Euler a", steps=6))[0].image
+    for sampler in ("Euler", "DDIM", "DPM++ 2M", "UniPC"):
+        assert max_diff(euler_a, engine.generate(tiny_request(sampler=sampler, steps=6))[0].image) > 0, sampler
+
+
+def test_schedule_types_change_the_result(engine):
+    plain = engine.generate(tiny_request(sampler="DPM++ 2M", schedule="SGM Uniform", steps=5))[0]
+    karras = engine.generate(tiny_request(sampler="DPM++ 2M Karras", schedule="Automatic", steps=5))[0]
+    assert max_diff(plain.image, karras.image) > 0
+    assert "Schedule type: SGM Uniform" in plain.infotext
+
+
+def test_seed_changes_image(engine):
+    a = engine.generate(tiny_request(seed=1))[0].image
+    b = engine.generate(tiny_request(seed=2))[0].image
+    assert max_diff(a, b) > 0
+
+
+def test_count_uses_consecutive_seeds_each_reproducible_alone(engine):
+    batch = engine.generate(tiny_request(seed=500, count=3, sampler="Euler a"))
+    assert [image.seed for image in batch] == [500, 501, 502]
+    for image in batch:
+        alone = engine.generate(tiny_request(seed=image.seed, count=1, sampler="Euler a"))[0]
+        assert max_diff(image.image, alone.image) <= 1  # batched vs single: within 1/255 (diffusers.md)
+        assert f"Seed: {image.seed}," in image.infotext
+
+
+def test_random_seed_is_resolved_and_recorded(engine):
+    image = engine.generate(tiny_request(seed=-1))[0]
+    assert image.seed >= 0
+    assert to_request_fields(parse_infotext(image.infotext))["seed"] == image.seed
+
+
+def test_img2img_and_inpaint(engine, tmp_path):
+    base = engine.generate(tiny_request(seed=9))[0].image
+    init = tmp_path / "init.png"
+    base.save(init)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half only
+    mask_path = tmp_path / "mask.png"
+    mask.save(mask_path)
+
+    low = engine.generate(tiny_request(mode="img2img", init_image=str(init), strength=0.3, seed=3, steps=6))[0]
+    high = engine.generate(tiny_request(mode="img2img", init_image=str(init), strength=0.9, seed=3, steps=6))[0]
+    assert max_diff(low.image, base) < max_diff(high.image, base) or np.abs(pixels(low.image) - pixels(base)).mean() < np.abs(pixels(high.image) - pixels(base)).mean()
+    assert "Denoising strength: 0.3" in low.infotext
+
+    painted = engine.generate(tiny_request(mode="inpaint", init_image=str(init), mask=str(mask_path), strength=1.0, seed=3, steps=6))[0]
+    diff = np.abs(pixels(painted.image) - pixels(base)).mean(axis=2)
+    assert diff[:, :24].mean() > diff[:, 40:].mean()  # the masked half changed more than the kept half
+
+
+def test_img2img_refuses_a_non_image(engine, tmp_path):
+    bogus = tmp_path / "init.png"
+    bogus.write_bytes(b"not an image at all")
+    with pytest.raises(Exception, match="not a PNG, JPEG or WEBP"):
+        engine.generate(tiny_request(mode="img2img", init_image=str(bogus)))
+
+
+def test_single_file_gives_the_same_image_as_its_folder(engine, registry):
+    names = {info.name: info for info in registry.checkpoints}
+    assert names["tiny"].format == "diffusers"
+    assert names["tiny.safetensors"].format == "safetensors"
+    assert names["tiny.safetensors"].short_hash == names["tiny.safetensors"].sha256[:10]
+    folder = engine.generate(tiny_request(checkpoint="tiny", seed=77))[0]
+    single = engine.generate(tiny_request(checkpoint="tiny.safetensors", seed=77))[0]
+    assert max_diff(folder.image, single.image) == 0
+    assert "Model: tiny.safetensors" in single.infotext
+
+
+@pytest.mark.parametrize("trigger", ["a1111pt", "a1111st", "diffusersemb"])
+def test_each_embedding_format_changes_the_output(engine, registry, trigger):
+    info = registry.embedding(trigger)
+    assert info is not None and info.usable, info
+    plain = engine.generate(tiny_request(prompt="a red cat", seed=5))[0]
+    used = engine.generate(tiny_request(prompt=f"a red cat {trigger}", seed=5))[0]
+    assert max_diff(plain.image, used.image) > 0
+    assert f'TI hashes: "{trigger}: {info.sha256[:12]}"' in used.infotext or f"TI hashes: {trigger}: {info.sha256[:12]}" in used.infotext
+
+
+def test_wrong_width_embedding_is_skipped_and_refused(engine, registry):
+    info = registry.embedding("widewidth")
+    assert not info.usable and "width 768 does not match the text encoder's 32" in info.skip_reason
+    with pytest.raises(InvalidRequest, match="embedding widewidth cannot be used: width 768"):
+        engine.generate(tiny_request(prompt="a widewidth cat"))
+
+
+def test_cancel_mid_run_stops_at_once(engine):
+    token = CancelToken()
+    steps_seen = []
+
+    def on_progress(progress):
+        steps_seen.append(progress.step)
+        if progress.step == 2:
+            token.cancel("stop please")
+
+    with pytest.raises(Canceled, match="stop please"):
+        engine.generate(tiny_request(steps=20), on_progress=on_progress, cancel=token)
+    assert steps_seen == [1, 2]
+
+
+def test_progress_and_previews(engine):
+    events = []
+    engine.generate(tiny_request(steps=6), on_progress=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    assert all(e.total == 6 for e in events)
+    previews = [e for e in events if e.preview is not None]
+    assert [e.step for e in previews] == [2, 4]  # every 2 steps (conftest), none on the last step
+    assert previews[0].preview.size == (8, 8)  # latent resolution of a 64 px image
+
+
+def test_batch_of_different_requests_matches_each_alone(engine):
+    requests = [tiny_request(prompt="a red cat", seed=10), tiny_request(prompt="a blue dog", seed=20, count=2),
+                tiny_request(prompt="(a green:1.3) house, [sunset]", seed=30, negative_prompt="blurry")]
+    items = [BatchItem(key=i, request=r) for i, r in enumerate(requests)]
+    batched = engine.run_batch(items)
+    for i, request in enumerate(requests):
+        alone = engine.generate(request)
+        assert [image.seed for image in batched[i]] == [image.seed for image in alone]
+        for a, b in zip(batched[i], alone):
+            assert max_diff(a.image, b.image) <= 1
+            assert a.infotext == b.infotext
+
+
+def test_canceling_one_job_of_a_batch_keeps_the_others(engine):
+    items = [BatchItem(key="a", request=tiny_request(seed=1)), BatchItem(key="b", request=tiny_request(seed=2))]
+
+    def on_progress(key, progress):
+        if key == "a" and progress.step == 1:
+            items[0].cancel.cancel()
+
+    results = engine.run_batch(items, on_progress=on_progress)
+    assert results["a"] is None
+    assert len(results["b"]) == 1
+
+
+def test_unknown_checkpoint_suggests_names(engine):
+    with pytest.raises(ModelNotFound, match="did you mean tiny"):
+        engine.generate(tiny_request(checkpoint="tinny"))
+
+
+def test_invalid_request_lists_every_problem(engine):
+    with pytest.raises(InvalidRequest) as err:
+        engine.generate(tiny_request(width=65, steps=0, sampler="Nope"))
+    assert len(err.value.problems) == 3
