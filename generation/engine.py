@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Hashable, Sequence
@@ -30,6 +31,9 @@ from .requests import GenerationRequest, validate_request
 from .samplers import make_scheduler, resolve_sampler
 
 log = logging.getLogger(__name__)
+
+# torchsde (DPM++ SDE) warns about float rounding of its interval ends on nearly every step; harmless.
+warnings.filterwarnings("ignore", message="Should have ta>=t0")
 
 
 class CancelToken:

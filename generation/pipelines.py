@@ -65,7 +65,9 @@ class LoadedCheckpoint:
 
     @property
     def is_sdxl(self) -> bool:
-        return self.architecture == "sdxl"
+        from .architectures import family
+
+        return family(self.architecture) == "sdxl"
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoint:

@@ -143,6 +143,11 @@ def build_bot() -> ProbeBot:
         names = ["anime", "analog film", "photo", "pixel art"]
         return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
 
+    @bot.tree.command(description="Defer privately, then answer with a follow-up")
+    async def quick(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)
+        await interaction.followup.send("done")
+
     @bot.tree.command(description="Edit a prompt in a form")
     async def prompt(interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(PromptModal())
@@ -240,7 +245,7 @@ async def test_sync_accepted_and_schema_errors_rejected() -> None:
     async with running_bot() as env:
         registered = {c["name"]: c for c in env.fake.commands()}
         assert set(registered) == {"imagine", "slow", "later", "progress", "style", "prompt", "sampler", "model",
-                                   "purge"}
+                                   "purge", "quick"}
         assert registered["purge"]["default_member_permissions"] == str(discord.Permissions(manage_guild=True).value)
         assert all(c["id"].isdigit() and c["application_id"] == str(env.fake.application_id)
                    for c in registered.values())
@@ -254,9 +259,9 @@ async def test_sync_accepted_and_schema_errors_rejected() -> None:
         with pytest.raises(discord.HTTPException) as caught:
             await env.bot.tree.sync()
         assert caught.value.status == 400 and caught.value.code == 50035
-        assert "In 9.name: Command name is invalid" in caught.value.text
+        assert "In 10.name: Command name is invalid" in caught.value.text
         env.bot.tree.remove_command("Bad Name")
-        assert len(env.fake.commands()) == 9  # the rejected sync changed nothing
+        assert len(env.fake.commands()) == 10  # the rejected sync changed nothing
 
 
 async def _noop(interaction: discord.Interaction) -> None:
@@ -598,3 +603,38 @@ async def test_bot_fetches_edits_and_deletes_channel_messages() -> None:
         with pytest.raises(discord.NotFound) as missing:
             await channel.fetch_message(sent.id)
         assert missing.value.code == 10008
+
+
+async def test_privileged_intents_must_be_enabled() -> None:
+    intents = discord.Intents.default()
+    intents.members = True
+    async with fake_discord(allowed_privileged_intents=0) as fake:
+        fake.add_guild()
+        client = discord.Client(intents=intents, **CLIENT_OPTIONS)
+        with pytest.raises(discord.PrivilegedIntentsRequired):
+            async with fake.run_client(client):
+                pass
+
+
+async def test_members_intent_chunks_the_member_list() -> None:
+    intents = discord.Intents.default()
+    intents.members = True
+    async with fake_discord() as fake:
+        guild = fake.add_guild()
+        alice = fake.add_member(guild, name="alice")
+        client = discord.Client(intents=intents, **CLIENT_OPTIONS)
+        async with fake.run_client(client):
+            seen = client.get_guild(guild.id)
+            assert seen.chunked and seen.get_member(alice.id).name == "alice"
+        plain = discord.Client(intents=discord.Intents.default(), **CLIENT_OPTIONS)
+        async with fake.run_client(plain):
+            assert plain.get_guild(guild.id).get_member(alice.id) is None  # as on Discord: no member list
+
+
+async def test_first_followup_after_defer_replaces_the_thinking_message() -> None:
+    async with running_bot() as env:
+        interaction = await env.fake.invoke_command("quick", {}, user=env.alice, guild=env.guild)
+        original = await interaction.wait_for_original()
+        assert original.content == "done" and original.ephemeral  # the defer decided ephemerality
+        assert interaction.followups == []
+        assert [r.kind for r in interaction.responses] == ["callback", "edit_original"]

@@ -88,10 +88,14 @@ def find_registered_command(state: DiscordState, name: str, guild: FakeGuild | N
     registered = sorted(c["name"] for c in state.global_commands.values())
     if guild is not None:
         registered += sorted(c["name"] for c in state.guild_commands.get(guild.id, {}).values())
-    raise InvalidInvocation(f"command {name!r} is not registered (did the bot sync its tree?); registered: {registered}")
+    raise InvalidInvocation(
+        f"command {name!r} is not registered (did the bot sync its tree?); registered: {registered}"
+    )
 
 
-def check_command_usable(context: InvocationContext, command: dict[str, Any], *, ignore_default_permissions: bool) -> None:
+def check_command_usable(
+    context: InvocationContext, command: dict[str, Any], *, ignore_default_permissions: bool
+) -> None:
     if context.guild is None:
         contexts = command.get("contexts")
         if command.get("guild_id") is not None:
@@ -249,7 +253,9 @@ def _attachment_payload(context: InvocationContext, value: Any) -> dict[str, Any
             ephemeral=True,
         )
         return attachment.to_payload(context.state.base_url)
-    raise InvalidInvocation(f"an attachment option takes fake.upload_attachment(...) or (filename, bytes), got {value!r}")
+    raise InvalidInvocation(
+        f"an attachment option takes fake.upload_attachment(...) or (filename, bytes), got {value!r}"
+    )
 
 
 def base_interaction_payload(

@@ -93,9 +93,13 @@ class RateLimiter:
         return None
 
 
-def _seconds(value: float) -> str:
+def round_up_ms(value: float) -> float:
     # Rounded up: a client sleeping exactly this long must land in the next window.
-    return f"{math.ceil(value * 1000) / 1000:.3f}"
+    return math.ceil(value * 1000) / 1000
+
+
+def _seconds(value: float) -> str:
+    return f"{round_up_ms(value):.3f}"
 
 
 def _headers(limit: int, remaining: int, reset_after: float, bucket_hash: str) -> dict[str, str]:

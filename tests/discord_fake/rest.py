@@ -36,9 +36,11 @@ from .errors import (
     not_found,
 )
 from .gateway import Gateway
-from .ratelimits import RateLimiter, Verdict, too_many_requests_headers
+from .ratelimits import RateLimiter, Verdict, round_up_ms, too_many_requests_headers
 from .state import (
     ADD_REACTIONS,
+    APPLICATION_COMMAND,
+    APPLICATION_COMMAND_AUTOCOMPLETE,
     ATTACH_FILES,
     DEFAULT_FILESIZE_LIMIT,
     FLAG_COMPONENTS_V2,
@@ -51,14 +53,12 @@ from .state import (
     INTENT_GUILD_MESSAGE_REACTIONS,
     INTENT_GUILD_MESSAGES,
     MANAGE_MESSAGES,
+    MESSAGE_COMPONENT,
     MODAL_SUBMIT,
     PLACEHOLDER_PNG,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
     VIEW_CHANNEL,
-    APPLICATION_COMMAND,
-    APPLICATION_COMMAND_AUTOCOMPLETE,
-    MESSAGE_COMPONENT,
     DiscordState,
     FakeAttachment,
     FakeChannel,
@@ -333,7 +333,7 @@ class RestApi:
             headers = too_many_requests_headers(
                 verdict.retry_after, with_via=True, is_global=False, bucket_headers=verdict.headers
             )
-            body = {"message": "You are being rate limited.", "retry_after": round(verdict.retry_after, 3),
+            body = {"message": "You are being rate limited.", "retry_after": round_up_ms(verdict.retry_after),
                     "global": False, "code": 0}
             raise _TooManyRequests(json_response(body, status=429, headers=headers))
         return verdict
@@ -494,7 +494,8 @@ class RestApi:
         payload, _ = self._body(request)
         validate_commands([payload])
         existing = self._state.guild_commands.get(guild_id, {})
-        kept = {k: c for k, c in existing.items() if (c["name"], c["type"]) != (payload.get("name"), payload.get("type", 1))}
+        replaced = (payload.get("name"), payload.get("type", 1))
+        kept = {k: c for k, c in existing.items() if (c["name"], c["type"]) != replaced}
         stored = self._store_commands(existing, [payload], guild_id)
         self._state.guild_commands[guild_id] = kept | stored
         self._state.changed.notify()
@@ -560,7 +561,9 @@ class RestApi:
         ids = {str(attachment.id) for attachment in existing}
         return sum(1 for entry in listed if str(entry.get("id")) in ids)
 
-    def _resolve_embed_attachments(self, embeds: list[dict[str, Any]], attachments: list[FakeAttachment]) -> list[dict[str, Any]]:
+    def _resolve_embed_attachments(
+        self, embeds: list[dict[str, Any]], attachments: list[FakeAttachment]
+    ) -> list[dict[str, Any]]:
         """Discord rewrites attachment://name URLs in embeds to the uploaded file's CDN URL."""
         by_name = {attachment.filename: attachment for attachment in attachments}
         resolved = []
@@ -590,10 +593,9 @@ class RestApi:
         message_type: int = MESSAGE_TYPE_DEFAULT,
         webhook_id: int | None = None,
         interaction: FakeInteraction | None = None,
-        forced_flags: int = 0,
     ) -> FakeMessage:
         validate_message(payload, files, filesize_limit=filesize_limit, creating=True)
-        flags = (int(payload.get("flags") or 0) & flags_mask) | forced_flags
+        flags = int(payload.get("flags") or 0) & flags_mask
         ephemeral = bool(flags & FLAG_EPHEMERAL)
         attachments = self._attachments_after(payload, files, channel, [], ephemeral=ephemeral)
         state = self._state
@@ -684,7 +686,9 @@ class RestApi:
             metadata["original_response_message_id"] = str(original_id)
         return metadata
 
-    def _attach_interaction(self, message: FakeMessage, interaction: FakeInteraction, *, original_id: int | None) -> None:
+    def _attach_interaction(
+        self, message: FakeMessage, interaction: FakeInteraction, *, original_id: int | None
+    ) -> None:
         message.interaction_metadata = self._interaction_metadata(interaction, original_id=original_id)
         if interaction.type == APPLICATION_COMMAND:
             message.legacy_interaction = {
@@ -704,7 +708,7 @@ class RestApi:
             raise not_found(UNKNOWN_INTERACTION, "interaction")
         if interaction.acknowledged:
             raise DiscordHTTPError(400, INTERACTION_ALREADY_ACKNOWLEDGED, "Interaction has already been acknowledged.")
-        if state.clock.monotonic() - interaction.created_at > self._timing.deadline:
+        if state.clock.elapsed() - interaction.created_at > self._timing.deadline:
             raise not_found(UNKNOWN_INTERACTION, "interaction")
         payload, files = self._body(request)
         kind = payload.get("type")
@@ -723,9 +727,8 @@ class RestApi:
         message: FakeMessage | None = None
         created = edited = False
         if kind in (4, 5):
-            forced = FLAG_LOADING if kind == 5 else 0
-            ephemeral_flag = int(data.get("flags") or 0) & FLAG_EPHEMERAL
             if kind == 5:
+                ephemeral_flag = int(data.get("flags") or 0) & FLAG_EPHEMERAL
                 message = FakeMessage(
                     id=state.snowflakes.next(),
                     channel_id=channel.id,
@@ -751,7 +754,6 @@ class RestApi:
                     message_type=self._response_type(interaction),
                     webhook_id=state.application_id,
                     interaction=interaction,
-                    forced_flags=forced,
                 )
             self._attach_interaction(message, interaction, original_id=None)
             interaction.original_message_id = message.id
@@ -774,8 +776,8 @@ class RestApi:
             interaction.modal = dict(data)
 
         interaction.callback_type = kind
-        interaction.acknowledged_at = state.clock.monotonic()
-        interaction._record(ResponseEvent(
+        interaction.acknowledged_at = state.clock.elapsed()
+        interaction.record_response(ResponseEvent(
             at=state.clock.elapsed(),
             kind="callback",
             callback_type=kind,
@@ -813,7 +815,7 @@ class RestApi:
         interaction = state.interactions_by_token.get(request.match_info["token"])
         if interaction is None or request.match_info["app_id"] != str(state.application_id):
             raise not_found(UNKNOWN_WEBHOOK, "Webhook")
-        if state.clock.monotonic() - interaction.created_at > self._timing.token_lifetime:
+        if state.clock.elapsed() - interaction.created_at > self._timing.token_lifetime:
             raise DiscordHTTPError(401, INVALID_WEBHOOK_TOKEN, "Invalid Webhook Token")
         if not interaction.acknowledged:
             raise not_found(UNKNOWN_WEBHOOK, "Webhook")
@@ -845,8 +847,8 @@ class RestApi:
             # "thinking" message instead of creating one, keeping the defer's ephemeral state.
             self._edit_message(original, {k: v for k, v in payload.items() if k != "flags"}, files,
                                filesize_limit=limit)
-            interaction._record(ResponseEvent(at=state.clock.elapsed(), kind="edit_original",
-                                              message_id=original.id, snapshot=original.history[-1]))
+            interaction.record_response(ResponseEvent(at=state.clock.elapsed(), kind="edit_original",
+                                                      message_id=original.id, snapshot=original.history[-1]))
             await self._dispatch_message("MESSAGE_UPDATE", original)
             message = original
         else:
@@ -862,8 +864,8 @@ class RestApi:
             )
             self._attach_interaction(message, interaction, original_id=interaction.original_message_id)
             interaction.followup_ids.append(message.id)
-            interaction._record(ResponseEvent(at=state.clock.elapsed(), kind="followup", message_id=message.id,
-                                              snapshot=message.history[-1]))
+            interaction.record_response(ResponseEvent(at=state.clock.elapsed(), kind="followup",
+                                                      message_id=message.id, snapshot=message.history[-1]))
             await self._dispatch_message("MESSAGE_CREATE", message)
         if not _truthy(request.query.get("wait")):
             return no_content()
@@ -879,7 +881,7 @@ class RestApi:
         message, is_original = self._webhook_message(interaction, request.match_info["message_id"])
         payload, files = self._body(request)
         self._edit_message(message, payload, files, filesize_limit=int(interaction.payload["attachment_size_limit"]))
-        interaction._record(ResponseEvent(
+        interaction.record_response(ResponseEvent(
             at=self._state.clock.elapsed(),
             kind="edit_original" if is_original else "edit_followup",
             message_id=message.id,
@@ -892,7 +894,7 @@ class RestApi:
         interaction = self._webhook_interaction(request)
         message, is_original = self._webhook_message(interaction, request.match_info["message_id"])
         message.deleted = True
-        interaction._record(ResponseEvent(
+        interaction.record_response(ResponseEvent(
             at=self._state.clock.elapsed(),
             kind="delete_original" if is_original else "delete_followup",
             message_id=message.id,
@@ -978,7 +980,9 @@ class RestApi:
         channel = self._channel(request)
         message = self._channel_message(request, channel)
         if message.author is not self._state.bot:
-            raise DiscordHTTPError(403, CANNOT_EDIT_OTHER_USERS_MESSAGE, "Cannot edit a message authored by another user")
+            raise DiscordHTTPError(
+                403, CANNOT_EDIT_OTHER_USERS_MESSAGE, "Cannot edit a message authored by another user"
+            )
         payload, files = self._body(request)
         self._edit_message(message, payload, files, filesize_limit=self._filesize_limit(channel))
         await self._dispatch_message("MESSAGE_UPDATE", message)
@@ -1012,7 +1016,8 @@ class RestApi:
         message = self._channel_message(request, channel)
         emoji = self._emoji(request)
         key = emoji_key(emoji)
-        if key not in message.reactions and not self._state.channel_permissions(channel, self._state.bot.id) & ADD_REACTIONS:
+        can_add = self._state.channel_permissions(channel, self._state.bot.id) & ADD_REACTIONS
+        if key not in message.reactions and not can_add:
             raise DiscordHTTPError(403, MISSING_PERMISSIONS, "Missing Permissions")
         await apply_reaction(self._state, self._gateway, message, emoji, self._state.bot, add=True)
         return no_content()
@@ -1089,7 +1094,8 @@ class RestApi:
                 attachment = self._state.attachments.get(int(parts[2]))
             if attachment is None:
                 return web.Response(status=404, text="This content is no longer available.")
-            return web.Response(body=attachment.data, content_type=attachment.content_type or "application/octet-stream")
+            content_type = attachment.content_type or "application/octet-stream"
+            return web.Response(body=attachment.data, content_type=content_type)
         return web.Response(body=PLACEHOLDER_PNG, content_type="image/png")
 
 

@@ -174,7 +174,7 @@ class FakeDiscord:
         so the task is watched both while waiting and on exit.
         """
         start = asyncio.create_task(client.start(self.token), name="fake-discord-client")
-        ready = asyncio.create_task(client.wait_until_ready())
+        ready = asyncio.create_task(self._client_ready(client, timeout=timeout))
         try:
             done, _ = await asyncio.wait({start, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if start in done:
@@ -182,6 +182,7 @@ class FakeDiscord:
                 raise RuntimeError("the client stopped before it became ready")
             if ready not in done:
                 raise TimeoutError(f"the client did not become ready within {timeout}s")
+            ready.result()  # raises if the fake never saw READY go out
             yield client
             if start.done():
                 start.result()
@@ -191,6 +192,11 @@ class FakeDiscord:
             await client.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(start, timeout=timeout)
+
+    async def _client_ready(self, client: discord.Client, *, timeout: float) -> None:
+        await self.wait_until_ready(timeout)
+        while not client.is_ready():  # on_ready follows guild_ready_timeout after the last GUILD_CREATE
+            await asyncio.sleep(0.01)
 
     # -- addresses and records -------------------------------------------------------------------
 
@@ -359,8 +365,11 @@ class FakeDiscord:
         for session in self.gateway.live_sessions:
             await self.gateway.send_dispatch(session, "GUILD_CREATE", self.gateway.guild_create_payload(guild, session))
 
-    def _add_member_to(self, guild: FakeGuild, user: FakeUser, *, role_ids: list[int], nick: str | None = None) -> FakeMember:
-        member = FakeMember(user=user, guild_id=guild.id, role_ids=role_ids, joined_at=self.state.clock.now(), nick=nick)
+    def _add_member_to(
+        self, guild: FakeGuild, user: FakeUser, *, role_ids: list[int], nick: str | None = None
+    ) -> FakeMember:
+        member = FakeMember(user=user, guild_id=guild.id, role_ids=role_ids, joined_at=self.state.clock.now(),
+                            nick=nick)
         guild.members[user.id] = member
         return member
 
@@ -461,7 +470,9 @@ class FakeDiscord:
 
     # -- acting as users -------------------------------------------------------------------------
 
-    def _context(self, user: FakeUser | FakeMember, guild: FakeGuild | None, channel: FakeChannel | None) -> InvocationContext:
+    def _context(
+        self, user: FakeUser | FakeMember, guild: FakeGuild | None, channel: FakeChannel | None
+    ) -> InvocationContext:
         if isinstance(user, FakeMember):
             user = user.user
         if channel is None:
@@ -505,7 +516,7 @@ class FakeDiscord:
             user=context.user,
             guild_id=None if context.guild is None else context.guild.id,
             channel_id=context.channel.id,
-            created_at=state.clock.monotonic(),
+            created_at=state.clock.elapsed(),
             payload=payload,
             state=state,
             command_name=command_name,
@@ -641,7 +652,8 @@ class FakeDiscord:
             "custom_id": interaction.modal["custom_id"],
             "components": modal_submit_components(interaction.modal, values),
         }
-        return await self._dispatch_interaction(context, kind=MODAL_SUBMIT, data=data, locale=interaction.payload["locale"],
+        return await self._dispatch_interaction(context, kind=MODAL_SUBMIT, data=data,
+                                                locale=interaction.payload["locale"],
                                                 custom_id=interaction.modal["custom_id"], source=source)
 
     async def add_reaction(
@@ -677,7 +689,8 @@ class FakeDiscord:
         for session in self.gateway.live_sessions:
             if session.wants(intent):
                 visible = dict(payload)
-                if not session.intents & INTENT_MESSAGE_CONTENT and self.bot.mention not in content and channel.guild_id is not None:
+                hidden = channel.guild_id is not None and self.bot.mention not in content
+                if hidden and not session.intents & INTENT_MESSAGE_CONTENT:
                     visible.update(content="", embeds=[], attachments=[], components=[])
                 await self.gateway.send_dispatch(session, "MESSAGE_CREATE", visible)
         return message

@@ -554,7 +554,7 @@ class FakeInteraction:
     user: FakeUser
     guild_id: int | None
     channel_id: int
-    created_at: float  # fake clock monotonic
+    created_at: float  # like every recorded time: fake-clock seconds since the fake started
     payload: dict[str, Any] = field(repr=False)
     state: DiscordState = field(repr=False)
     command_name: str | None = None
@@ -583,7 +583,7 @@ class FakeInteraction:
     def followups(self) -> list[FakeMessage]:
         return [self.state.messages[message_id] for message_id in self.followup_ids]
 
-    def _record(self, event: ResponseEvent) -> None:
+    def record_response(self, event: ResponseEvent) -> None:
         self.responses.append(event)
         self.state.changed.notify()
 

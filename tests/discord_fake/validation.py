@@ -245,7 +245,8 @@ def _validate_interactive(component: dict[str, Any], path: tuple[str | int, ...]
         if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
             errors.bad_length((*path, "custom_id"), 1, MAX_CUSTOM_ID)
         elif custom_id in seen_ids:
-            errors.add((*path, "custom_id"), "COMPONENT_CUSTOM_ID_DUPLICATED", "Component custom id cannot be duplicated")
+            errors.add((*path, "custom_id"), "COMPONENT_CUSTOM_ID_DUPLICATED",
+                       "Component custom id cannot be duplicated")
         else:
             seen_ids.add(custom_id)
 
@@ -487,7 +488,8 @@ def validate_commands(commands: Any) -> None:
         _check_name_and_description(command, path, errors, chat=chat, what="Command")
         key = (kind, str(command.get("name")))
         if key in names:
-            errors.add((*path, "name"), "APPLICATION_COMMANDS_DUPLICATE_NAME", "Application command names must be unique")
+            errors.add((*path, "name"), "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                       "Application command names must be unique")
         names.add(key)
         per_type[kind] = per_type.get(kind, 0) + 1
         options = command.get("options")
@@ -502,7 +504,8 @@ def validate_commands(commands: Any) -> None:
             isinstance(permissions, int) and not isinstance(permissions, bool) and permissions >= 0
         )
         if permissions is not None and not valid_permissions:
-            errors.add((*path, "default_member_permissions"), "BASE_TYPE_INVALID", "Must be a permission integer string")
+            errors.add((*path, "default_member_permissions"), "BASE_TYPE_INVALID",
+                       "Must be a permission integer string")
         contexts = command.get("contexts")
         if contexts is not None and not set(contexts) <= {0, 1, 2}:
             errors.add((*path, "contexts"), "BASE_TYPE_CHOICES", "Value must be one of (0, 1, 2).")

@@ -1,0 +1,456 @@
+"""Text conditioning with AUTOMATIC1111's rules, for diffusers SD-1.x / SD-2.x text encoders.
+
+What this reproduces (A1111 v1.10, "Original" emphasis):
+
+- each weighted fragment from `parse_attention` is tokenized on its own (no BOS/EOS);
+- tokens fill chunks of 75; BREAK closes the current chunk; when a chunk is full and a comma sits
+  within the last 20 tokens, the text after that comma moves to the next chunk; a multi-vector
+  textual-inversion embedding is never split between chunks;
+- each chunk is encoded as BOS + 75 + EOS (padding with EOS; for SD-2 every token after the first
+  EOS becomes the tokenizer's pad token), chunks are concatenated;
+- emphasis multiplies each token's embedding by its weight, then rescales so the mean over the
+  chunk equals the unweighted mean. Like A1111, the mean is taken over all texts of one prompt's
+  schedule together (A1111 encodes them as one batch), counting each schedule entry once;
+- clip skip N > 1 takes the hidden state N layers from the end, then the final layer norm.
+
+Prompt editing and alternation (`prompt_schedule`) give one encoding per distinct text; a
+`ConditioningSchedule` hands out the right one for each sampling step, all padded with empty-prompt
+chunks to one length so they can be swapped mid-run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import torch
+
+from .errors import InvalidRequest, PromptError
+from .prompt_parser import BREAK, entry_for_step, parse_attention, prompt_schedule
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "CHUNK_TOKENS",
+    "ConditioningSchedule",
+    "PromptChunk",
+    "PromptEncoder",
+    "TokenizedText",
+    "make_step_callback",
+    "replace_for_step",
+    "stack_at",
+    "stack_negative_at",
+]
+
+CHUNK_TOKENS = 75  # tokens a user can place in one chunk; +BOS +EOS = the encoder's 77 positions
+CHUNK_LENGTH = CHUNK_TOKENS + 2
+COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
+_ENCODER_BATCH = 32  # chunks per text-encoder call, to bound memory for long schedules
+_MIN_RELATIVE_MEAN = 1e-4  # below this |mean| / mean(|z|), the emphasis rescale is meaningless
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """One encoder input: BOS + 75 tokens (EOS-padded) + EOS, with a weight per position."""
+
+    token_ids: tuple[int, ...]
+    multipliers: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    chunks: tuple[PromptChunk, ...]
+    token_count: int  # as A1111's counter shows it: a chunk closed early (BREAK, comma) counts 75
+
+
+class _ChunkBuilder:
+    """Fills 75-token chunks the way A1111's tokenize_line does."""
+
+    def __init__(self, *, bos: int, eos: int, comma: int | None, backtrack: int):
+        self.bos, self.eos, self.comma, self.backtrack = bos, eos, comma, backtrack
+        self.chunks: list[PromptChunk] = []
+        self.token_count = 0
+        self.ids: list[int] = []
+        self.weights: list[float] = []
+        self.last_comma = -1
+
+    def close(self, *, last: bool = False) -> None:
+        self.token_count += len(self.ids) if last else CHUNK_TOKENS
+        padding = CHUNK_TOKENS - len(self.ids)
+        self.chunks.append(PromptChunk(
+            token_ids=(self.bos, *self.ids, *[self.eos] * padding, self.eos),
+            multipliers=(1.0, *self.weights, *[1.0] * padding, 1.0),
+        ))
+        self.ids, self.weights, self.last_comma = [], [], -1
+
+    def add(self, unit: tuple[int, ...], weight: float) -> None:
+        """Add one token, or one multi-vector embedding's tokens as an indivisible unit."""
+        if len(unit) > CHUNK_TOKENS:
+            raise PromptError(f"An embedding with {len(unit)} vectors does not fit in a {CHUNK_TOKENS}-token chunk.")
+        if unit == (self.comma,):
+            self.last_comma = len(self.ids)
+        elif (self.backtrack and len(self.ids) == CHUNK_TOKENS and self.last_comma != -1
+              and CHUNK_TOKENS - self.last_comma <= self.backtrack):
+            # Full chunk, comma nearby: move the words after the comma into the next chunk.
+            cut = self.last_comma + 1
+            moved_ids, moved_weights = self.ids[cut:], self.weights[cut:]
+            del self.ids[cut:], self.weights[cut:]
+            self.close()
+            self.ids, self.weights = moved_ids, moved_weights
+        if len(self.ids) == CHUNK_TOKENS or len(self.ids) + len(unit) > CHUNK_TOKENS:
+            self.close()
+        self.ids.extend(unit)
+        self.weights.extend([weight] * len(unit))
+
+    def finish(self) -> TokenizedText:
+        if self.ids or not self.chunks:
+            self.close(last=True)
+        return TokenizedText(chunks=tuple(self.chunks), token_count=self.token_count)
+
+
+def _embedding_groups(tokenizer: PreTrainedTokenizerBase) -> dict[int, tuple[int, ...]]:
+    """Multi-vector textual-inversion tokens as diffusers adds them (`name`, `name_1`, ...), by first id."""
+    added = tokenizer.added_tokens_encoder
+    groups: dict[int, tuple[int, ...]] = {}
+    for token, token_id in added.items():
+        if f"{token}_1" not in added:
+            continue
+        ids = [token_id]
+        while f"{token}_{len(ids)}" in added:
+            ids.append(added[f"{token}_{len(ids)}"])
+        groups[token_id] = tuple(ids)
+    return groups
+
+
+def _units(ids: list[int], groups: dict[int, tuple[int, ...]]) -> list[tuple[int, ...]]:
+    units: list[tuple[int, ...]] = []
+    position = 0
+    while position < len(ids):
+        group = groups.get(ids[position])
+        if group is not None and tuple(ids[position:position + len(group)]) == group:
+            units.append(group)
+            position += len(group)
+        else:
+            units.append((ids[position],))
+            position += 1
+    return units
+
+
+class PromptEncoder:
+    """Encodes prompts for one SD-1.x / SD-2.x tokenizer + CLIP text encoder pair.
+
+    Cheap to create (one per request is fine). Textual-inversion embeddings must already be loaded
+    into the tokenizer and text encoder (diffusers' `load_textual_inversion`); their trigger words
+    then work anywhere, weighted or not.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, *, max_chunks: int,
+                 clip_skip: int = 1, comma_backtrack: int = COMMA_BACKTRACK):
+        from diffusers.loaders import TextualInversionLoaderMixin
+
+        layers = text_encoder.config.num_hidden_layers
+        if not 1 <= clip_skip <= layers:
+            raise InvalidRequest([f"clip skip must be from 1 to {layers} for this model"])
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.max_chunks = max_chunks
+        self.clip_skip = clip_skip
+        self.comma_backtrack = comma_backtrack
+        # diffusers' own expansion of multi-vector triggers ("name" -> "name name_1 ..."); the mixin
+        # needs no state, so a bare instance gives access to it without a pipeline.
+        self._ti_converter = TextualInversionLoaderMixin()
+        self._bos = tokenizer.bos_token_id
+        self._eos = tokenizer.eos_token_id
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._comma = tokenizer.get_vocab().get(",</w>")
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> TokenizedText:
+        """Chunks of one text (emphasis and BREAK applied; no prompt-editing syntax)."""
+        fragments = parse_attention(text)
+        texts = [self._ti_converter.maybe_convert_prompt(fragment, self.tokenizer)
+                 for fragment, weight in fragments if (fragment, weight) != BREAK]
+        token_ids = iter(self.tokenizer(texts, add_special_tokens=False, truncation=False,
+                                        verbose=False).input_ids if texts else [])
+        groups = _embedding_groups(self.tokenizer)
+        builder = _ChunkBuilder(bos=self._bos, eos=self._eos, comma=self._comma, backtrack=self.comma_backtrack)
+        for fragment, weight in fragments:
+            if (fragment, weight) == BREAK:
+                builder.close()
+                continue
+            for unit in _units(next(token_ids), groups):
+                builder.add(unit, weight)
+        return builder.finish()
+
+    def token_count(self, prompt: str, *, steps: int = 20) -> int:
+        """The count A1111 shows under a prompt ("80/150" shows 80): tokens without BOS/EOS, a
+        chunk closed early by BREAK counting 75; for prompt editing, the longest text at `steps`."""
+        return max(self.tokenize(text).token_count for text in {text for _, text in prompt_schedule(prompt, steps)})
+
+    def _checked(self, text: str, what: str) -> TokenizedText:
+        tokenized = self.tokenize(text)
+        if len(tokenized.chunks) > self.max_chunks:
+            raise PromptError(f"The {what} is {tokenized.token_count} tokens; the limit is "
+                              f"{self.max_chunks * CHUNK_TOKENS}. Shorten it.")
+        return tokenized
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def _run_encoder(self, chunks: list[PromptChunk]) -> torch.Tensor:
+        """[len(chunks), 77, dim] float32 hidden states, before emphasis."""
+        device = self.text_encoder.device
+        rows = []
+        for chunk in chunks:
+            ids = list(chunk.token_ids)
+            if self._pad != self._eos:  # SD-2: pad after the first EOS with the pad token
+                first_eos = ids.index(self._eos)
+                ids[first_eos + 1:] = [self._pad] * (len(ids) - first_eos - 1)
+            rows.append(ids)
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(rows), _ENCODER_BATCH):
+                input_ids = torch.tensor(rows[start:start + _ENCODER_BATCH], dtype=torch.long, device=device)
+                if self.clip_skip > 1:
+                    result = self.text_encoder(input_ids=input_ids, output_hidden_states=True)
+                    hidden = result.hidden_states[-self.clip_skip]
+                    # transformers 5 flattened CLIPTextModel; older versions nest it under text_model.
+                    final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
+                    hidden = final_norm(hidden)
+                else:
+                    hidden = self.text_encoder(input_ids=input_ids).last_hidden_state
+                outputs.append(hidden.float())
+        return torch.cat(outputs)
+
+    def _empty_chunk_ids(self) -> PromptChunk:
+        return _ChunkBuilder(bos=self._bos, eos=self._eos, comma=None, backtrack=0).finish().chunks[0]
+
+    def _encode_texts(self, counts: Mapping[str, int], what: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Encodings ([chunks*77, dim], encoder dtype) of the distinct texts of one schedule, all
+        with the schedule's longest chunk count, plus the empty chunk ([77, dim]) used for padding.
+
+        `counts`: how many schedule entries use each text, which weights the emphasis mean as
+        A1111's batch of one entry per schedule step does."""
+        tokenized = {text: self._checked(text, what) for text in counts}
+        chunk_count = max(len(t.chunks) for t in tokenized.values())
+        empty = self._empty_chunk_ids()
+
+        # One encoder pass for every chunk; row 0 is the empty chunk.
+        all_chunks = [empty]
+        row_of: dict[str, list[int]] = {}
+        for text, tokens in tokenized.items():
+            rows = []
+            for index in range(chunk_count):
+                if index < len(tokens.chunks):
+                    rows.append(len(all_chunks))
+                    all_chunks.append(tokens.chunks[index])
+                else:
+                    rows.append(0)
+            row_of[text] = rows
+        hidden = self._run_encoder(all_chunks)
+        device = hidden.device
+
+        texts = list(tokenized)
+        weights = torch.tensor([counts[text] for text in texts], dtype=torch.float32, device=device)
+        per_chunk: dict[str, list[torch.Tensor]] = {text: [] for text in texts}
+        for index in range(chunk_count):
+            rows = [row_of[text][index] for text in texts]
+            z = hidden[rows]  # [texts, 77, dim]
+            multipliers = torch.tensor([all_chunks[row].multipliers for row in rows], dtype=torch.float32, device=device)
+            if bool((multipliers != 1.0).any()):
+                z = _emphasize(z, multipliers, weights)
+            for text, text_z in zip(texts, z):
+                per_chunk[text].append(text_z)
+        dtype = self.text_encoder.dtype
+        encoded = {text: torch.cat(parts).to(dtype) for text, parts in per_chunk.items()}
+        return encoded, hidden[0].to(dtype)
+
+    def encode(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, negative_prompt_embeds), each [1, 77*n, dim] with the same n.
+
+        The texts are used as they are: prompt-editing syntax is not expanded (use
+        `encode_schedule` for that)."""
+        positive, empty = self._encode_texts({prompt: 1}, "prompt")
+        negative_encoded, _ = self._encode_texts({negative: 1}, "negative prompt")
+        chunks = max(_chunks_of(positive[prompt]), _chunks_of(negative_encoded[negative]))
+        return (_pad(positive[prompt], chunks, empty)[None],
+                _pad(negative_encoded[negative], chunks, empty)[None])
+
+    def encode_schedule(self, prompt: str, negative: str, steps: int) -> ConditioningSchedule:
+        """Encodings for every step of a `steps`-step run, with prompt editing and alternation
+        (in the negative prompt too, as A1111 does)."""
+        prompt_entries = prompt_schedule(prompt, steps)
+        negative_entries = prompt_schedule(negative, steps)
+        positive, empty = self._encode_texts(Counter(text for _, text in prompt_entries), "prompt")
+        negatives, _ = self._encode_texts(Counter(text for _, text in negative_entries), "negative prompt")
+        chunks = max(_chunks_of(next(iter(positive.values()))), _chunks_of(next(iter(negatives.values()))))
+        positive = {text: _pad(z, chunks, empty)[None] for text, z in positive.items()}
+        negatives = {text: _pad(z, chunks, empty)[None] for text, z in negatives.items()}
+        return ConditioningSchedule(
+            end_steps=tuple(end for end, _ in prompt_entries),
+            texts=tuple(text for _, text in prompt_entries),
+            embeds=tuple(positive[text] for _, text in prompt_entries),
+            negative_end_steps=tuple(end for end, _ in negative_entries),
+            negative_texts=tuple(text for _, text in negative_entries),
+            negative_embeds=tuple(negatives[text] for _, text in negative_entries),
+            empty_chunk=empty[None],
+        )
+
+
+def _emphasize(z: torch.Tensor, multipliers: torch.Tensor, entry_counts: torch.Tensor) -> torch.Tensor:
+    """A1111 "Original" emphasis for one chunk position across a schedule's texts.
+
+    z: [texts, 77, dim]; multipliers: [texts, 77]; entry_counts: [texts] (the mean is over the batch
+    A1111 would encode, in which each text appears once per schedule entry)."""
+    share = entry_counts / entry_counts.sum()
+    original_mean = (z.mean(dim=(1, 2)) * share).sum()
+    weighted = z * multipliers[:, :, None]
+    new_mean = (weighted.mean(dim=(1, 2)) * share).sum()
+    # Real CLIP encoders end in a LayerNorm with a bias, so the mean is well away from zero. An
+    # encoder whose mean is ~0 (random test weights) would turn the ratio into inf/NaN: skip it.
+    if new_mean.abs() <= _MIN_RELATIVE_MEAN * weighted.abs().mean():
+        return weighted
+    return weighted * (original_mean / new_mean)
+
+
+def _chunks_of(embeds: torch.Tensor) -> int:
+    return embeds.shape[-2] // CHUNK_LENGTH
+
+
+def _pad(embeds: torch.Tensor, chunks: int, empty: torch.Tensor) -> torch.Tensor:
+    """Append empty-prompt chunks to [tokens, dim] (or [batch, tokens, dim]) embeddings."""
+    missing = chunks - _chunks_of(embeds)
+    if missing <= 0:
+        return embeds
+    filler = empty.reshape(CHUNK_LENGTH, -1).repeat(missing, 1)
+    if embeds.dim() == 3:
+        filler = filler[None].expand(embeds.shape[0], -1, -1)
+    return torch.cat([embeds, filler.to(embeds.dtype)], dim=-2)
+
+
+@dataclass(frozen=True, eq=False)
+class ConditioningSchedule:
+    """One image's prompt and negative encodings over a run, from `PromptEncoder.encode_schedule`.
+
+    Entries follow `prompt_schedule` (last 1-based step, text); every tensor is [1, 77*n, dim] with
+    one n for the whole schedule, so any entry can replace any other mid-run.
+    """
+
+    end_steps: tuple[int, ...]
+    texts: tuple[str, ...]
+    embeds: tuple[torch.Tensor, ...]
+    negative_end_steps: tuple[int, ...]
+    negative_texts: tuple[str, ...]
+    negative_embeds: tuple[torch.Tensor, ...]
+    empty_chunk: torch.Tensor  # [1, 77, dim]: the empty prompt's encoding, for padding
+
+    @property
+    def chunk_count(self) -> int:
+        return _chunks_of(self.embeds[0])
+
+    @property
+    def is_static(self) -> bool:
+        """True when every step uses the same prompt and negative encodings."""
+        return (all(e is self.embeds[0] for e in self.embeds)
+                and all(e is self.negative_embeds[0] for e in self.negative_embeds))
+
+    def entry_at(self, step_index: int) -> int:
+        """Index into `embeds` used at 0-based sampling step `step_index` (A1111's rule, see
+        `prompt_parser.entry_for_step`)."""
+        return entry_for_step(list(self.end_steps), step_index)
+
+    def negative_entry_at(self, step_index: int) -> int:
+        return entry_for_step(list(self.negative_end_steps), step_index)
+
+    def text_at(self, step_index: int) -> str:
+        return self.texts[self.entry_at(step_index)]
+
+    def embeds_at(self, step_index: int) -> torch.Tensor:
+        """Prompt embeddings [1, 77*n, dim] for 0-based step `step_index`."""
+        return self.embeds[self.entry_at(step_index)]
+
+    def negative_embeds_at(self, step_index: int) -> torch.Tensor:
+        return self.negative_embeds[self.negative_entry_at(step_index)]
+
+    def padded(self, chunk_count: int) -> ConditioningSchedule:
+        """The same schedule with every encoding padded to `chunk_count` chunks."""
+        if chunk_count <= self.chunk_count:
+            return self
+        cache: dict[int, torch.Tensor] = {}
+
+        def pad(tensor: torch.Tensor) -> torch.Tensor:  # keeps shared tensors shared
+            if id(tensor) not in cache:
+                cache[id(tensor)] = _pad(tensor, chunk_count, self.empty_chunk)
+            return cache[id(tensor)]
+
+        return ConditioningSchedule(
+            end_steps=self.end_steps, texts=self.texts, embeds=tuple(pad(e) for e in self.embeds),
+            negative_end_steps=self.negative_end_steps, negative_texts=self.negative_texts,
+            negative_embeds=tuple(pad(e) for e in self.negative_embeds), empty_chunk=self.empty_chunk,
+        )
+
+
+def _stack(schedules: Sequence[ConditioningSchedule], pick: Callable[[ConditioningSchedule], torch.Tensor]) -> torch.Tensor:
+    if not schedules:
+        raise ValueError("no schedules to stack")
+    chunks = max(schedule.chunk_count for schedule in schedules)
+    return torch.cat([_pad(pick(schedule), chunks, schedule.empty_chunk) for schedule in schedules])
+
+
+def stack_at(schedules: Sequence[ConditioningSchedule], step_index: int) -> torch.Tensor:
+    """Prompt embeddings of a batch (one schedule per image) at `step_index`: [batch, 77*n, dim],
+    every image padded with empty chunks to the longest."""
+    return _stack(schedules, lambda schedule: schedule.embeds_at(step_index))
+
+
+def stack_negative_at(schedules: Sequence[ConditioningSchedule], step_index: int) -> torch.Tensor:
+    return _stack(schedules, lambda schedule: schedule.negative_embeds_at(step_index))
+
+
+def replace_for_step(callback_kwargs: Mapping[str, Any], step: int,
+                     schedules: Sequence[ConditioningSchedule]) -> torch.Tensor:
+    """The `prompt_embeds` a diffusers `callback_on_step_end` should return after step `step`.
+
+    diffusers calls the callback at the end of step `step` and uses what it returns from step
+    `step + 1` on, so this gives the embeddings for `step + 1`. With classifier-free guidance
+    StableDiffusionPipeline holds ``cat([negative, positive])`` (2*batch rows) in `prompt_embeds`;
+    without it, the positive rows only: both are recognised from the tensor's batch size. The
+    result has the current tensor's device and dtype; when nothing changes the current tensor
+    itself comes back.
+    """
+    current = callback_kwargs["prompt_embeds"]
+    batch = len(schedules)
+    if current.shape[0] not in (batch, 2 * batch):
+        raise ValueError(f"prompt_embeds has {current.shape[0]} rows; expected {batch} or {2 * batch} "
+                         "(one schedule per image)")
+    guided = current.shape[0] == 2 * batch
+    unchanged = all(s.entry_at(step + 1) == s.entry_at(step) for s in schedules)
+    if guided:
+        unchanged = unchanged and all(s.negative_entry_at(step + 1) == s.negative_entry_at(step) for s in schedules)
+    if unchanged:
+        return current
+    positive = stack_at(schedules, step + 1)
+    replacement = torch.cat([stack_negative_at(schedules, step + 1), positive]) if guided else positive
+    if replacement.shape[1:] != current.shape[1:]:
+        raise ValueError(f"schedule embeddings {tuple(replacement.shape)} do not match prompt_embeds "
+                         f"{tuple(current.shape)}: start the run with stack_at(schedules, 0)")
+    return replacement.to(device=current.device, dtype=current.dtype)
+
+
+def make_step_callback(schedules: Sequence[ConditioningSchedule],
+                       then: Callable[[Any, int, Any, dict], dict] | None = None) -> Callable[[Any, int, Any, dict], dict]:
+    """A `callback_on_step_end` that swaps prompt embeddings on schedule (needs
+    ``callback_on_step_end_tensor_inputs`` to include "prompt_embeds"). `then`, if given, runs
+    first with the same arguments (previews, cancelling) and may return its own tensors."""
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        outputs = dict(then(pipe, step, timestep, callback_kwargs) or {}) if then is not None else {}
+        if "prompt_embeds" in callback_kwargs:
+            outputs["prompt_embeds"] = replace_for_step(callback_kwargs, step, schedules)
+        return outputs
+
+    return on_step_end
