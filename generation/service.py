@@ -130,6 +130,7 @@ class GenerationService:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._running: dict[int, CancelToken] = {}
+        self._busy = False  # a batch was picked and is not over yet
         self._announced_terminal: set[int] = set()
         self._positions: dict[int, int] = {}
         self.image_dir = config.data_dir / "images"
@@ -215,7 +216,7 @@ class GenerationService:
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """For tests and the CLI: until nothing is queued or running."""
         async def idle():
-            while len(self._scheduler) or self._running:
+            while len(self._scheduler) or self._running or self._busy:
                 await asyncio.sleep(0.02)
         await asyncio.wait_for(idle(), timeout)
 
@@ -266,12 +267,15 @@ class GenerationService:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            self._busy = True
             try:
                 await self._run_batch(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("a batch failed unexpectedly")
+            finally:
+                self._busy = False
             self._publish_positions()
 
     async def _run_batch(self, batch: list[QueuedJob]) -> None:
