@@ -91,24 +91,52 @@ def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:
 
 
 def generate(config: Config, args, *, progress: Callable[[int, int], None]) -> int:
+    """Through the same store and queue as the bot (its own jobs only), then copied to --out."""
+    import asyncio
+
+    return asyncio.run(_generate(config, args, progress))
+
+
+async def _generate(config: Config, args, progress) -> int:
+    import shutil
+
     from generation.engine import Engine
-    from generation.infotext import png_with_infotext
+    from generation.executor import LocalExecutor
+    from generation.service import GenerationService, JobCanceled, JobFailed, JobFinished, JobProgress, ReplyTarget
+    from storage import open_store
 
     registry = _registry(config)
     checkpoint = args.checkpoint
-    if checkpoint and (Path(checkpoint).exists() or "/" in checkpoint and Path(checkpoint).suffix):
+    if checkpoint and Path(checkpoint).exists():
         registry = _registry_with_path(config, registry, Path(checkpoint))
         checkpoint = registry.extra_name
     request = dataclasses.replace(request_from_args(config, args), checkpoint=checkpoint)
     engine = Engine(config=config, registry=registry)
-    request = engine.check_request(request).with_resolved_seed()
-    images = engine.generate(request, on_progress=lambda p: progress(p.step, p.total))
-    paths = output_paths(args.out, len(images), [image.seed for image in images])
-    for image, path in zip(images, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png_with_infotext(image.image, image.infotext))
-        print(path)
-    return 0
+    engine.check_request(request)  # fail fast, before opening the database
+    store = await open_store(config.data_dir / "easel.db")
+    executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
+    service = GenerationService(config=config, store=store, engine=engine, executor=executor, frontend_only="cli")
+    try:
+        await service.start()
+        record = await service.submit(request, owner_id=0, target=ReplyTarget(frontend="cli"))
+        async for event in service.subscribe(record.id):
+            if isinstance(event, JobProgress):
+                progress(event.step, event.total)
+            elif isinstance(event, JobFailed):
+                raise EaselError(event.reason)
+            elif isinstance(event, JobCanceled):
+                raise EaselError(event.reason)
+            elif isinstance(event, JobFinished):
+                paths = output_paths(args.out, len(event.images), [image.seed for image in event.images])
+                for image, path in zip(event.images, paths):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(image.path, path)
+                    print(path)
+        return 0
+    finally:
+        await service.stop()
+        executor.shutdown()
+        await store.close()
 
 
 def _registry_with_path(config: Config, registry, path: Path):

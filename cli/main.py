@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    from generation import quiet_libraries
+
     from . import commands
+
+    quiet_libraries()
 
     if args.command == "make-test-model":
         return commands.make_test_model(args.target)

@@ -260,7 +260,8 @@ class PromptEncoder:
         for index in range(chunk_count):
             rows = [row_of[text][index] for text in texts]
             z = hidden[rows]  # [texts, 77, dim]
-            multipliers = torch.tensor([all_chunks[row].multipliers for row in rows], dtype=torch.float32, device=device)
+            multipliers = torch.tensor([all_chunks[row].multipliers for row in rows],
+                                       dtype=torch.float32, device=device)
             if bool((multipliers != 1.0).any()):
                 z = _emphasize(z, multipliers, weights)
             for text, text_z in zip(texts, z):
@@ -394,7 +395,12 @@ class ConditioningSchedule:
         )
 
 
-def _stack(schedules: Sequence[ConditioningSchedule], pick: Callable[[ConditioningSchedule], torch.Tensor]) -> torch.Tensor:
+# diffusers callback_on_step_end: (pipeline, step index, timestep, tensors) -> tensors to replace
+StepCallback = Callable[[Any, int, Any, dict], dict]
+
+
+def _stack(schedules: Sequence[ConditioningSchedule],
+           pick: Callable[[ConditioningSchedule], torch.Tensor]) -> torch.Tensor:
     if not schedules:
         raise ValueError("no schedules to stack")
     chunks = max(schedule.chunk_count for schedule in schedules)
@@ -441,8 +447,7 @@ def replace_for_step(callback_kwargs: Mapping[str, Any], step: int,
     return replacement.to(device=current.device, dtype=current.dtype)
 
 
-def make_step_callback(schedules: Sequence[ConditioningSchedule],
-                       then: Callable[[Any, int, Any, dict], dict] | None = None) -> Callable[[Any, int, Any, dict], dict]:
+def make_step_callback(schedules: Sequence[ConditioningSchedule], then: StepCallback | None = None) -> StepCallback:
     """A `callback_on_step_end` that swaps prompt embeddings on schedule (needs
     ``callback_on_step_end_tensor_inputs`` to include "prompt_embeds"). `then`, if given, runs
     first with the same arguments (previews, cancelling) and may return its own tensors."""

@@ -143,7 +143,8 @@ def _weight_value(number: str) -> float:
     try:
         return float(number)
     except ValueError:
-        raise PromptError(f"`{number}` in `(text:{number})` is not a number: write a weight like `(text:1.2)`.") from None
+        raise PromptError(f"`{number}` in `(text:{number})` is not a number: "
+                          "write a weight like `(text:1.2)`.") from None
 
 
 # ---------------------------------------------------------------------------------------------

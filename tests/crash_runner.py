@@ -1,0 +1,43 @@
+"""Runs the queue in its own process for the crash test: `python crash_runner.py DATA MODELS submit|resume N`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from generation.config import config_from_mapping  # noqa: E402
+from generation.engine import Engine  # noqa: E402
+from generation.executor import LocalExecutor  # noqa: E402
+from generation.registry import ModelRegistry  # noqa: E402
+from generation.requests import GenerationRequest  # noqa: E402
+from generation.service import GenerationService  # noqa: E402
+from storage import open_store  # noqa: E402
+
+
+async def main(data_dir: str, models_dir: str, mode: str, jobs: int) -> None:
+    config = config_from_mapping({"paths": {"data_dir": data_dir, "models_dir": models_dir}, "device": {"device": "cpu"},
+                                  "models": {"default_checkpoint": "tiny"}, "queue": {"per_user_queued": 50}}, env={})
+    registry = ModelRegistry.from_config(config)
+    registry.refresh()
+    engine = Engine(config=config, registry=registry)
+    store = await open_store(config.data_dir / "easel.db")
+    executor = LocalExecutor(engine)
+    service = GenerationService(config=config, store=store, engine=engine, executor=executor)
+    if mode == "submit":
+        for i in range(jobs):
+            await service.submit(GenerationRequest(prompt=f"job {i}", width=128, height=128, steps=25, seed=i,
+                                                   sampler="Euler"), owner_id=i % 3)
+        print("SUBMITTED", flush=True)
+    await service.start()
+    await service.wait_idle(timeout=600)
+    await service.stop()
+    executor.shutdown()
+    await store.close()
+    print("IDLE", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
