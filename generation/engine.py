@@ -8,11 +8,13 @@ executor's worker owns the GPU).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -101,10 +103,28 @@ class Engine:
         for embedding in self.embeddings_used(request):
             if not embedding.usable:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
+        limit = self.config.limits.max_prompt_chunks * 75
+        for what, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+            tokens = self.token_count(text, steps=request.steps) if text else 0
+            if tokens > limit:
+                problems.append(f"the {what} is {tokens} tokens; the limit is {limit}")
         if problems:
             raise InvalidRequest(problems)
         del info
         return request
+
+    @functools.cached_property
+    def _token_counter(self):
+        from .architectures import sd_clip_tokenizer
+        from .conditioning import PromptEncoder
+
+        # Counting needs only the tokenizer; the encoder object is asked just for its layer count.
+        text_encoder = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=12))
+        return PromptEncoder(sd_clip_tokenizer(), text_encoder, max_chunks=self.config.limits.max_prompt_chunks)
+
+    def token_count(self, prompt: str, *, steps: int = 20) -> int:
+        """Tokens as A1111 counts them under a prompt (75 per chunk), with the SD CLIP tokenizer."""
+        return self._token_counter.token_count(prompt, steps=steps)
 
     def embeddings_used(self, request: GenerationRequest) -> list[EmbeddingInfo]:
         return triggers_in(request.prompt + "\n" + request.negative_prompt, self.registry.embeddings)
@@ -220,8 +240,7 @@ class _BatchRun:
                     self.on_progress(item.key, StepProgress(step=done, total=total, preview=preview))
                 except Exception:  # a frontend's bug must not kill the batch
                     log.exception("progress callback failed")
-        replacement = self.conditioning.replacement_for(step_index + 1, tensors.get("prompt_embeds"),
-                                                        guidance=pipe.do_classifier_free_guidance)
+        replacement = self.conditioning.replacement_for(step_index, tensors.get("prompt_embeds"))
         return {"prompt_embeds": replacement} if replacement is not None else {}
 
     def _split(self, images: list[Image.Image]) -> dict[Hashable, list[GeneratedImage] | None]:

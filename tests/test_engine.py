@@ -191,3 +191,30 @@ def test_invalid_request_lists_every_problem(engine):
     with pytest.raises(InvalidRequest) as err:
         engine.generate(tiny_request(width=65, steps=0, sampler="Nope"))
     assert len(err.value.problems) == 3
+
+
+def test_prompt_language_reaches_the_pipeline(engine):
+    plain = engine.generate(tiny_request(prompt="a red cat", seed=5))[0]
+    weighted = engine.generate(tiny_request(prompt="a (red:1.6) cat", seed=5))[0]
+    edited = engine.generate(tiny_request(prompt="a [red:blue:2] cat", seed=5))[0]
+    assert max_diff(plain.image, weighted.image) > 0
+    assert max_diff(plain.image, edited.image) > 0
+    assert "a [red:blue:2] cat\n" in edited.infotext  # recorded as written
+
+
+def test_long_prompts_are_not_truncated_but_capped(engine):
+    words = ", ".join(f"word{i}" for i in range(60))  # well over 75 tokens
+    assert engine.token_count(words) > 75
+    first = engine.generate(tiny_request(prompt=words, seed=5))[0]
+    longer = engine.generate(tiny_request(prompt=words + ", a final extra detail", seed=5))[0]
+    assert max_diff(first.image, longer.image) > 0  # the tail past 75 tokens matters
+    too_long = " ".join(["cat"] * (6 * 75 + 1))
+    with pytest.raises(InvalidRequest, match="the prompt is 451 tokens; the limit is 450"):
+        engine.generate(tiny_request(prompt=too_long))
+
+
+def test_clip_skip_changes_the_result(engine):
+    one = engine.generate(tiny_request(seed=5))[0]
+    two = engine.generate(tiny_request(seed=5, clip_skip=2))[0]
+    assert max_diff(one.image, two.image) > 0
+    assert "Clip skip: 2" in two.infotext
