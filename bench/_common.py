@@ -56,7 +56,7 @@ def tiny_models() -> Iterator[BenchModels]:
         yield BenchModels(root=root, scratch=Path(tmp) / "scratch")
 
 
-def make_config(models: BenchModels, data_dir: Path, **sections: dict[str, Any]):
+def make_config(models: BenchModels, data_dir: Path, sections: dict[str, dict[str, Any]] | None = None):
     """A validated Config on the tiny model and CPU; `sections` override or add config.toml tables."""
     from generation.config import config_from_mapping
 
@@ -65,7 +65,7 @@ def make_config(models: BenchModels, data_dir: Path, **sections: dict[str, Any])
         "device": {"device": "cpu"},
         "models": {"default_checkpoint": "tiny"},
     }
-    for name, values in sections.items():
+    for name, values in (sections or {}).items():
         data.setdefault(name, {}).update(values)
     return config_from_mapping(data, env={})
 

@@ -1,0 +1,92 @@
+"""Buttons that work after a restart: DynamicItems whose custom_id carries the job id."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import discord
+
+from generation.errors import EaselError
+
+from . import actions
+from .errors import send_error
+
+log = logging.getLogger(__name__)
+
+
+def _app(interaction: discord.Interaction):
+    return interaction.client.app  # type: ignore[attr-defined]
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):reroll"):
+    def __init__(self, job_id: int):
+        super().__init__(discord.ui.Button(label="Reroll", emoji="🔁", style=discord.ButtonStyle.primary,
+                                           custom_id=f"easel:job:{job_id}:reroll"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        try:
+            await actions.reroll(_app(interaction), self.job_id, user_id=interaction.user.id,
+                                 guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+                                 application_id=interaction.application_id, interaction_token=interaction.token,
+                                 interaction_created_at=interaction.created_at)
+        except EaselError as exc:
+            await interaction.edit_original_response(content=f"⚠️ {exc}")
+
+
+class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):info"):
+    def __init__(self, job_id: int):
+        super().__init__(discord.ui.Button(label="Info", emoji="ℹ️", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"easel:job:{job_id}:info"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            text = await actions.infotext_of(_app(interaction), self.job_id)
+        except EaselError as exc:
+            await send_error(interaction, exc)
+            return
+        await interaction.response.send_message(f"```\n{text[:1900]}\n```", ephemeral=True)
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):delete"):
+    def __init__(self, job_id: int):
+        super().__init__(discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
+                                           custom_id=f"easel:job:{job_id}:delete"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await _app(interaction).store.jobs.get(self.job_id)
+        allowed = actions.may_delete(job, user_id=interaction.user.id,
+                                     can_manage_messages=interaction.permissions.manage_messages)
+        if not allowed:
+            await interaction.response.send_message("Only the member who asked for it or a moderator can delete this.",
+                                                    ephemeral=True)
+            return
+        await interaction.response.defer()
+        await interaction.message.delete()
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    view.add_item(InfoButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    return view
+
+
+DYNAMIC_ITEMS = (RerollButton, InfoButton, DeleteButton)

@@ -1,0 +1,163 @@
+"""The real bot, the real discord.py client, the fake Discord, the tiny model: a job's whole life."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image
+
+from discord_support import easel_on_fake_discord
+from generation.infotext import read_infotext
+
+
+def png(width=64, height=64, colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def finished(message) -> bool:
+    return bool(message.attachments) and any(a.filename.startswith("easel-") for a in message.attachments)
+
+
+async def test_synced_command_schema_is_accepted(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        names = {command["name"] for command in env.fake.commands()}
+        assert {"imagine", "img2img", "inpaint"} <= names
+        imagine = env.fake.command("imagine")
+        steps = next(o for o in imagine["options"] if o["name"] == "steps")
+        assert steps["min_value"] == 1 and steps["max_value"] == 60
+        sampler = next(o for o in imagine["options"] if o["name"] == "sampler")
+        assert len(sampler["choices"]) == 14
+
+
+async def test_imagine_from_defer_to_final_png_with_throttled_previews(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path, previews={"every_n_steps": 1},
+                                     discord={"progress_edit_interval_s": 0.3}) as env:
+        interaction = await env.fake.invoke_command(
+            "imagine", {"prompt": "a (red:1.2) cat", "steps": 40, "seed": 42, "count": 2, "width": 256, "height": 256},
+            user=env.alice, guild=env.guild, channel=env.channel)
+        assert await interaction.wait_until_acknowledged() == 5  # deferred at once
+        message = await interaction.wait_for_original(finished, timeout=60)
+        pngs = [a for a in message.attachments if a.filename.endswith(".png")]
+        assert [a.filename for a in pngs] == [f"easel-1-42.png", "easel-1-43.png"]
+        infotext = read_infotext(pngs[0].data)
+        assert infotext.startswith("a (red:1.2) cat\n") and "Seed: 42," in infotext
+        assert message.embeds and message.embeds[0]["title"] == "a (red:1.2) cat"
+        custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
+        assert custom_ids == ["easel:job:1:reroll", "easel:job:1:info", "easel:job:1:delete"]
+        await env.fake.wait_for(lambda: "🔁" in env.fake.message(message.id).reactions)
+        # progress: edits at most ~1 per interval, previews shown as an attachment along the way
+        edits = message.edits
+        previews = [e for e in edits if any(a.filename == "preview.png" for a in e.attachments)]
+        assert previews, "no preview was shown"
+        times = [e.at for e in edits]
+        gaps = [b - a for a, b in zip(times, times[1:-1])]  # the final edit is not throttled
+        assert all(gap >= 0.25 for gap in gaps), gaps
+
+
+async def test_refusals_are_plain_words_and_the_bot_keeps_serving(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        bad = await env.fake.invoke_command("imagine", {"prompt": "a cat", "width": 100},
+                                            user=env.alice, guild=env.guild, channel=env.channel)
+        message = await bad.wait_for_original(lambda m: "⚠️" in m.content)
+        assert message.ephemeral and "width must be a multiple of 8" in message.content
+        wrong_model = await env.fake.invoke_command("imagine", {"prompt": "a cat", "checkpoint": "../../etc/passwd"},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+        message = await wrong_model.wait_for_original(lambda m: "⚠️" in m.content)
+        assert "not available" in message.content
+        good = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2},
+                                             user=env.alice, guild=env.guild, channel=env.channel)
+        await good.wait_for_original(finished, timeout=60)
+
+
+async def test_img2img_checks_attachments(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        text = env.fake.upload_attachment("notes.txt", b"hello", "text/plain")
+        refused = await env.fake.invoke_command("img2img", {"image": text, "prompt": "a cat"},
+                                                user=env.alice, guild=env.guild, channel=env.channel)
+        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        assert "must be a PNG, JPEG or WEBP image, not text/plain" in message.content
+        fake_png = env.fake.upload_attachment("evil.png", b"\x89PNG not really", "image/png")
+        refused = await env.fake.invoke_command("img2img", {"image": fake_png, "prompt": "a cat"},
+                                                user=env.alice, guild=env.guild, channel=env.channel)
+        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        assert "not a PNG, JPEG or WEBP image" in message.content
+        image = env.fake.upload_attachment("start.png", png(), "image/png")
+        accepted = await env.fake.invoke_command("img2img", {"image": image, "prompt": "a cat", "steps": 4,
+                                                             "strength": 0.5},
+                                                 user=env.alice, guild=env.guild, channel=env.channel)
+        message = await accepted.wait_for_original(finished, timeout=60)
+        assert "Denoising strength: 0.5" in read_infotext(message.attachments[0].data)
+
+
+async def test_reaction_reroll_by_another_member_and_delete_rules(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "seed": 5},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+        result = await interaction.wait_for_original(finished, timeout=60)
+        await env.fake.wait_for(lambda: "🔁" in env.fake.message(result.id).reactions)  # delivery is complete
+        await env.fake.add_reaction(result, "🔁", user=env.bob)
+        reroll = await env.fake.wait_for(
+            lambda: next((m for m in env.fake.messages(env.channel) if m.id != result.id and finished(m)), None),
+            timeout=60)
+        assert f"<@{env.bob.id}>" in reroll.content
+        await env.fake.wait_for(lambda: "🔁" in env.fake.message(reroll.id).reactions)
+        jobs = await env.app.store.jobs.list_for_owner(env.bob.id)
+        assert len(jobs) == 1 and jobs[0].request["seed"] != 5 and jobs[0].request["prompt"] == "a cat"
+
+        await env.fake.add_reaction(result, "❌", user=env.bob)  # not the requester: nothing happens
+        await asyncio.sleep(0.3)
+        assert not env.fake.message(result.id).deleted
+        await env.fake.add_reaction(result, "❌", user=env.alice)  # the requester
+        await env.fake.wait_for(lambda: env.fake.message(result.id).deleted)
+        await env.fake.add_reaction(reroll, "❌", user=env.mod)  # a moderator
+        await env.fake.wait_for(lambda: env.fake.message(reroll.id).deleted)
+
+
+async def test_buttons_work_after_a_restart(models_dir, tmp_path):
+    from discord_fake import fake_discord
+
+    async with fake_discord() as fake:
+        guild = fake.add_guild("Art Club")
+        fake.add_member(guild, name="alice")
+        fake.add_member(guild, name="bob")
+        fake.add_member(guild, name="mod", permissions=(1 << 13) | (1 << 5))
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
+            interaction = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "seed": 9},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+            result = await interaction.wait_for_original(finished, timeout=60)
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:  # a new process, same data
+            info = await fake.click_button(result, "easel:job:1:info", user=env.bob)
+            message = await info.wait_for_original(lambda m: "Seed: 9" in m.content)
+            assert message.ephemeral
+            denied = await fake.click_button(result, "easel:job:1:delete", user=env.bob)
+            message = await denied.wait_for_original(lambda m: "Only the member" in m.content)
+            reroll = await fake.click_button(result, "easel:job:1:reroll", user=env.bob)
+            await reroll.wait_for_original(finished, timeout=60)
+            delete = await fake.click_button(result, "easel:job:1:delete", user=env.alice)
+            await fake.wait_for(lambda: fake.message(result.id).deleted)
+
+
+async def test_expired_interaction_token_posts_in_the_channel(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        gate = asyncio.Event()
+        service = env.app.service
+        original_run = service._run_batch
+
+        async def delayed(batch):
+            await gate.wait()  # hold the job in the queue until the token has expired
+            await original_run(batch)
+
+        service._run_batch = delayed
+        interaction = await env.fake.invoke_command("imagine", {"prompt": "a slow cat", "steps": 2},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+        await interaction.wait_until_acknowledged()
+        env.fake.advance_time(15 * 60 + 1)
+        gate.set()
+        posted = await env.fake.wait_for(
+            lambda: next((m for m in env.fake.messages(env.channel) if finished(m) and m.interaction_id is None), None),
+            timeout=60)
+        assert f"<@{env.alice.id}>" in posted.content
