@@ -83,6 +83,10 @@ class Presenter:
         if self._subscription is None:
             self.subscribe()
         self._task = asyncio.create_task(self._loop(), name="easel-presenter")
+        for job_id in await self.app.store.images.undelivered_job_ids():
+            # finished while the bot was down (or it stopped mid-post): deliver now, once
+            images = await self.app.store.images.list_for_job(job_id)
+            await self._handle(JobFinished(job_id, tuple(images)))
 
     async def stop(self) -> None:
         if self._subscription is not None:

@@ -405,6 +405,18 @@ class ImageRepository:
             )
             return [_image_record(row) for row in rows]
 
+    async def undelivered_job_ids(self, *, frontend: str = "discord") -> builtins.list[int]:
+        """Done jobs whose images were never posted (the process stopped between finishing and posting)."""
+        statement = (
+            select(Job.id)
+            .join(Image, Image.job_id == Job.id)
+            .where(Job.status == "done", Job.frontend == frontend, Image.message_id.is_(None))
+            .group_by(Job.id)
+            .order_by(Job.id)
+        )
+        async with self._db.read() as session:
+            return builtins.list(await session.scalars(statement))
+
     async def set_message(
         self, job_id: int, message_id: int | None, *, indexes: Collection[int] | None = None
     ) -> int:

@@ -161,3 +161,32 @@ async def test_expired_interaction_token_posts_in_the_channel(models_dir, tmp_pa
             lambda: next((m for m in env.fake.messages(env.channel) if finished(m) and m.interaction_id is None), None),
             timeout=60)
         assert f"<@{env.alice.id}>" in posted.content
+
+
+async def test_a_result_finished_while_the_bot_was_away_is_delivered_once_on_start(models_dir, tmp_path):
+    """The queue ran (e.g. the bot died after generation, before posting): the next start posts it."""
+    from discord_fake import fake_discord
+
+    async with fake_discord() as fake:
+        guild = fake.add_guild("Art Club")
+        fake.add_member(guild, name="alice")
+        fake.add_member(guild, name="bob")
+        fake.add_member(guild, name="mod")
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
+            presenter = env.bot.presenter
+            await presenter.stop()  # the bot "dies" for presentation, the queue goes on
+            interaction = await fake.invoke_command("imagine", {"prompt": "a lonely cat", "steps": 2},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+            await interaction.wait_until_acknowledged()
+            for _ in range(200):  # the job row appears right after the defer
+                if await env.app.store.jobs.get(1):
+                    break
+                await asyncio.sleep(0.02)
+            await env.app.service.wait_idle()
+            assert (await env.app.store.images.undelivered_job_ids()) == [1]
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
+            message = await interaction.wait_for_original(finished, timeout=30)
+            await fake.wait_for(lambda: "🔁" in fake.message(message.id).reactions)
+            assert (await env.app.store.images.undelivered_job_ids()) == []
+        posts = [m for m in fake.messages(env.channel) if finished(m)]
+        assert len(posts) == 1
