@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def prepare_environment() -> None:
-    """Offline, quiet, repository importable. Call before importing generation/ or storage/."""
+def prepare_environment(*, threads: int = 0) -> None:
+    """Offline, quiet, repository importable; `threads` > 0 pins torch's CPU threads.
+    Call before importing generation/ or storage/."""
     os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the hub
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
@@ -31,6 +32,10 @@ def prepare_environment() -> None:
     import generation
 
     generation.quiet_libraries()
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,15 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 def cpu_note() -> str:
+    """The machine, and a warning when other work competes for its CPUs (timings then scatter widely)."""
     import torch
 
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    note = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return note
+    note += f", load {load:.1f}"
+    if load > 0.5:
+        note += " -- other work is running: ratios below are noisier than on an idle machine"
+    return note

@@ -35,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each side first (default 2)")
     parser.add_argument("--size", type=int, default=256, help="width and height in pixels (default 256)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
-    prepare_environment()
+    prepare_environment(threads=args.threads)
+    machine = cpu_note()  # before the load below counts our own runs
     import numpy as np
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = engine_median / raw_median
     difference = np.abs(np.asarray(engine_image, dtype=np.int16) - np.asarray(raw_image, dtype=np.int16))
     print(f"engine overhead: tiny SD-1.x, {args.size}x{args.size}, Euler a, {args.steps} steps, CFG {CFG:g}, "
-          f"seed {SEED}; {args.runs} runs each, interleaved, after {args.warmup} warmup ({cpu_note()})")
+          f"seed {SEED}; {args.runs} runs each, interleaved, after {args.warmup} warmup ({machine})")
     print(f"  raw diffusers  median {raw_median * 1000:8.1f} ms   (min {min(raw_times) * 1000:.1f}, max {max(raw_times) * 1000:.1f})")
     print(f"  easel engine   median {engine_median * 1000:8.1f} ms   (min {min(engine_times) * 1000:.1f}, max {max(engine_times) * 1000:.1f})")
     print(f"  ratio engine/raw = {ratio:.3f}   goal <= {GOAL_RATIO:.2f}: {verdict(ratio <= GOAL_RATIO)}")

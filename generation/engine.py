@@ -44,9 +44,13 @@ class CancelToken:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason = "canceled"
+        self.timed_out = False  # stopped by the time limit: a failure, not a member's cancel
 
-    def cancel(self, reason: str = "canceled") -> None:
+    def cancel(self, reason: str = "canceled", *, timed_out: bool = False) -> None:
+        if self._event.is_set():
+            return
         self.reason = reason
+        self.timed_out = timed_out
         self._event.set()
 
     @property
@@ -79,12 +83,15 @@ class BatchItem:
 ProgressCallback = Callable[[Hashable, StepProgress], None]
 
 
-def batch_key(request: GenerationRequest, checkpoint_name: str) -> tuple:
-    """Requests with equal keys can share one pipeline call."""
-    embeddings_marker = None  # embeddings are loaded per checkpoint, so they never block batching
+def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: int) -> tuple:
+    """Requests with equal keys can share one pipeline call and still get the images they would get alone.
+
+    Embeddings are loaded per checkpoint and never block batching. The number of 77-token chunks is
+    part of the key: padding a prompt with an empty chunk would change its image.
+    """
     return (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, float(request.cfg_scale),
             request.width, request.height, request.clip_skip,
-            float(request.strength) if request.mode != "txt2img" else None, embeddings_marker)
+            float(request.strength) if request.mode != "txt2img" else None, prompt_chunks)
 
 
 class Engine:
@@ -130,7 +137,15 @@ class Engine:
         return triggers_in(request.prompt + "\n" + request.negative_prompt, self.registry.embeddings)
 
     def batch_key(self, request: GenerationRequest) -> tuple:
-        return batch_key(request, self.registry.resolve(request.checkpoint).name)
+        return batch_key(request, self.registry.resolve(request.checkpoint).name, self.prompt_chunks(request))
+
+    def prompt_chunks(self, request: GenerationRequest) -> int:
+        """How many 77-token chunks the request's conditioning has (prompt and negative are padded alike)."""
+        from .prompt_parser import prompt_schedule
+
+        texts = {text for _, text in prompt_schedule(request.prompt, request.steps)}
+        texts |= {text for _, text in prompt_schedule(request.negative_prompt, request.steps)} if request.negative_prompt else set()
+        return max([1] + [len(self._token_counter.tokenize(text).chunks) for text in texts])
 
     # ------------------------------------------------------------------ running
     def generate(self, request: GenerationRequest, *, on_progress: Callable[[StepProgress], None] | None = None,
@@ -149,11 +164,11 @@ class Engine:
             return {}
         first = items[0].request
         info = self.registry.resolve(first.checkpoint)
-        key = batch_key(first, info.name)
+        key = self.batch_key(first)
         for item in items:
             if item.request.seed < 0:
                 raise ValueError("batch items need resolved seeds")
-            if batch_key(item.request, self.registry.resolve(item.request.checkpoint).name) != key:
+            if len(items) > 1 and self.batch_key(item.request) != key:
                 raise ValueError("batch items must share one batch key")
         loaded = self.cache.get(info)
         pipe = loaded.pipeline_for(first.mode)

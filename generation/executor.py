@@ -7,6 +7,7 @@ worker pool can stand behind it later while the bot stays the fair scheduler.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -102,8 +103,8 @@ class LocalExecutor:
         timers = []
         if self.job_timeout_s:
             for item in items:
-                timers.append(loop.call_later(self.job_timeout_s, item.cancel.cancel,
-                                              f"took longer than the {self.job_timeout_s:g} s limit"))
+                timers.append(loop.call_later(self.job_timeout_s, functools.partial(
+                    item.cancel.cancel, f"it took longer than the {self.job_timeout_s:g} s limit", timed_out=True)))
 
         def emit(event) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
@@ -139,7 +140,7 @@ class LocalExecutor:
                 results = self.engine.run_batch(group, on_progress=on_progress)
             except Canceled:
                 for item in group:
-                    yield ItemCanceled(item.key, item.cancel.reason)
+                    yield self._stopped(item)
                 continue
             except EaselError as exc:
                 for item in group:
@@ -163,9 +164,15 @@ class LocalExecutor:
             for item in group:
                 images = results.get(item.key)
                 if images is None:
-                    yield ItemCanceled(item.key, item.cancel.reason)
+                    yield self._stopped(item)
                 else:
                     yield ItemFinished(item.key, tuple(images))
+
+    @staticmethod
+    def _stopped(item: BatchItem) -> "ItemFailed | ItemCanceled":
+        if item.cancel.timed_out:
+            return ItemFailed(item.key, item.cancel.reason)
+        return ItemCanceled(item.key, item.cancel.reason)
 
     @staticmethod
     def _free_memory() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import io
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -205,6 +206,9 @@ def test_prompt_language_reaches_the_pipeline(engine):
 def test_long_prompts_are_not_truncated_but_capped(engine):
     words = ", ".join(f"word{i}" for i in range(60))  # well over 75 tokens
     assert engine.token_count(words) > 75
+    short = tiny_request(prompt="a cat")
+    assert engine.prompt_chunks(short) == 1 and engine.prompt_chunks(tiny_request(prompt=words)) > 1
+    assert engine.batch_key(short) != engine.batch_key(tiny_request(prompt=words))  # padding would change images
     first = engine.generate(tiny_request(prompt=words, seed=5))[0]
     longer = engine.generate(tiny_request(prompt=words + ", a final extra detail", seed=5))[0]
     assert max_diff(first.image, longer.image) > 0  # the tail past 75 tokens matters
@@ -218,3 +222,47 @@ def test_clip_skip_changes_the_result(engine):
     two = engine.generate(tiny_request(seed=5, clip_skip=2))[0]
     assert max_diff(one.image, two.image) > 0
     assert "Clip skip: 2" in two.infotext
+
+
+def unet_conditioning_per_call(engine, request):
+    """The encoder_hidden_states the UNet receives at each call (the GPU-free way to watch a run)."""
+    loaded = engine.cache.get(engine.registry.resolve(request.checkpoint))
+    seen = []
+    hook = loaded.base.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        engine.generate(request)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_prompt_editing_switches_the_unets_conditioning_at_the_right_step(engine):
+    edited = unet_conditioning_per_call(engine, tiny_request(prompt="a [red:blue:2] cat", steps=5))
+    red = unet_conditioning_per_call(engine, tiny_request(prompt="a red cat", steps=5))
+    blue = unet_conditioning_per_call(engine, tiny_request(prompt="a blue cat", steps=5))
+    assert len(edited) == 5  # one UNet call per Euler step, CFG batched as [negative, positive]
+    # A1111: "when" = 2 means steps 0..2 use "red", then "blue"
+    for step in range(5):
+        expected = red if step <= 2 else blue
+        assert torch.equal(edited[step], expected[step]), step
+
+
+def test_alternation_switches_as_in_a1111(engine):
+    alternating = unet_conditioning_per_call(engine, tiny_request(prompt="a [cat|dog]", steps=4))
+    cat = unet_conditioning_per_call(engine, tiny_request(prompt="a cat", steps=4))
+    dog = unet_conditioning_per_call(engine, tiny_request(prompt="a dog", steps=4))
+    # A1111 compares its 0-based step with 1-based schedule ends, so the first word is used twice:
+    # cat, cat, dog, cat (its reconstruct_cond_batch); after that it alternates every step.
+    expected = [cat, cat, dog, cat]
+    assert [torch.equal(alternating[i], expected[i][i]) for i in range(4)] == [True] * 4
+
+
+def test_batched_jobs_with_different_schedules_each_match_alone(engine):
+    requests = [tiny_request(prompt="a [red:blue:2] cat", seed=1, steps=5),
+                tiny_request(prompt="a [cat|dog] in a field", seed=2, steps=5, negative_prompt="[ugly:blurry:0.5]"),
+                tiny_request(prompt="plain house", seed=3, steps=5)]
+    assert len({engine.batch_key(r) for r in requests}) == 1
+    batched = engine.run_batch([BatchItem(key=i, request=r) for i, r in enumerate(requests)])
+    for i, request in enumerate(requests):
+        assert max_diff(batched[i][0].image, engine.generate(request)[0].image) <= 1

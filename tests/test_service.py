@@ -190,3 +190,28 @@ async def test_restart_rebuilds_the_queue_from_the_database(make_service, tmp_pa
     await second.wait_idle()
     for record in records:
         assert (await second.store.jobs.get(record.id)).status == "done"
+
+
+async def test_checkpoint_affinity_cuts_model_loads(make_service, registry, base_config):
+    """Two checkpoints interleaved across users, room for one loaded pipeline: affinity loads less."""
+    from generation.scheduler import FifoScheduler
+
+    async def loads_with(scheduler_class, lookahead):
+        engine = Engine(config=base_config, registry=registry,
+                        cache=PipelineCache(capacity=1, device=DeviceSpec.choose("cpu")))
+        service = await make_service(start=False, engine=engine, queue={"affinity_lookahead": lookahead,
+                                                                        "per_user_queued": 10})
+        service._scheduler_class = scheduler_class
+        for i in range(8):
+            checkpoint = "tiny" if i % 2 == 0 else "tiny.safetensors"
+            await service.submit(tiny_request(checkpoint=checkpoint, seed=i, steps=1, prompt=f"p{i}"), owner_id=i % 4)
+        await service.start()
+        await service.wait_idle()
+        return engine.cache.loads
+
+    from generation.scheduler import FairScheduler
+
+    with_affinity = await loads_with(FairScheduler, 4)
+    without = await loads_with(FifoScheduler, 0)
+    assert with_affinity < without
+    assert with_affinity <= 3

@@ -1,0 +1,171 @@
+"""/info's "Generate with these": an image's parameters kept as a draft in the database, and the
+button that turns a draft into a job for whoever clicks it, also after a restart.
+
+The draft id is random (not guessable from job ids) and the draft holds only plain request
+fields, already checked against this bot's limits when /info made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import discord
+
+from generation.config import LimitsConfig
+from generation.errors import EaselError
+from generation.requests import MAX_SEED
+from generation.samplers import resolve_sampler
+
+from .errors import send_error
+
+log = logging.getLogger(__name__)
+
+DRAFT_KEY_PREFIX = "draft:"
+DRAFT_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class DraftError(EaselError):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Draft:
+    """Options for submit_from_interaction (`given`), and the image's values that could not be used."""
+
+    given: dict[str, Any]
+    ignored: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def draft_from_infotext(fields: Mapping[str, Any], *, limits: LimitsConfig,
+                        checkpoints: Mapping[str, str | None]) -> Draft:
+    """A txt2img draft from generation.infotext.to_request_fields output.
+
+    `checkpoints`: the enabled checkpoints' names and short hashes; the image's model is found
+    by name, else by its hash.
+
+    A value this bot cannot use (unknown sampler or model, out of its limits) is left out, so the
+    member's and server's defaults fill it, and is named in `ignored`.
+    """
+    prompt = str(fields.get("prompt") or "").strip()
+    if not prompt:
+        raise DraftError("that image's parameters have no prompt, so there is nothing to generate from")
+    given: dict[str, Any] = {"prompt": prompt, "negative_prompt": str(fields.get("negative_prompt") or ""),
+                             "count": 1}
+    ignored: list[str] = []
+
+    sampler = fields.get("sampler")
+    if sampler:
+        try:
+            choice = resolve_sampler(str(sampler), fields.get("schedule_type"))
+        except EaselError:
+            ignored.append(f"sampler {sampler!r} (unknown here)")
+        else:
+            given["sampler"], given["schedule"] = choice.sampler, choice.schedule
+
+    model, model_hash = fields.get("model"), str(fields.get("model_hash") or "").lower()
+    if model or model_hash:
+        by_hash = [name for name, short in checkpoints.items() if model_hash and (short or "").lower() == model_hash]
+        if model in checkpoints:
+            given["checkpoint"] = model
+        elif len(by_hash) == 1:
+            given["checkpoint"] = by_hash[0]
+        else:
+            ignored.append(f"model {model or model_hash!r} (not available here)")
+
+    steps = fields.get("steps")
+    if steps is not None:
+        if limits.min_steps <= steps <= limits.max_steps:
+            given["steps"] = steps
+        else:
+            ignored.append(f"steps {steps} (allowed: {limits.min_steps}-{limits.max_steps})")
+
+    cfg = fields.get("cfg_scale")
+    if cfg is not None:
+        if 0 <= cfg <= limits.max_cfg_scale:
+            given["cfg_scale"] = cfg
+        else:
+            ignored.append(f"CFG scale {cfg:g} (allowed: 0-{limits.max_cfg_scale:g})")
+
+    width, height = fields.get("width"), fields.get("height")
+    if width is not None and height is not None:
+        fits = (width % 8 == 0 and height % 8 == 0 and limits.min_size <= width <= limits.max_width
+                and limits.min_size <= height <= limits.max_height and width * height <= limits.max_pixels)
+        if fits:
+            given["width"], given["height"] = width, height
+        else:
+            ignored.append(f"size {width}x{height} (outside this bot's limits)")
+
+    seed = fields.get("seed")
+    if seed is not None:
+        if 0 <= seed < MAX_SEED:
+            given["seed"] = seed
+        else:
+            ignored.append(f"seed {seed}")
+
+    clip_skip = fields.get("clip_skip")
+    if clip_skip is not None:
+        if 1 <= clip_skip <= limits.max_clip_skip:
+            given["clip_skip"] = clip_skip
+        else:
+            ignored.append(f"clip skip {clip_skip}")
+
+    notes = tuple(str(w) for w in fields.get("warnings", ()) or ())
+    return Draft(given=given, ignored=tuple(ignored), notes=notes)
+
+
+def new_draft_id() -> str:
+    return secrets.token_hex(8)
+
+
+async def save_draft(store, draft: Draft, *, owner_id: int) -> str:
+    draft_id = new_draft_id()
+    await store.settings.set(DRAFT_KEY_PREFIX + draft_id, {
+        "given": draft.given, "ignored": list(draft.ignored), "owner_id": owner_id,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    })
+    return draft_id
+
+
+async def load_draft(store, draft_id: str) -> Draft | None:
+    if not DRAFT_ID.match(draft_id):
+        return None
+    value = await store.settings.get(DRAFT_KEY_PREFIX + draft_id)
+    if not isinstance(value, dict) or not isinstance(value.get("given"), dict):
+        return None
+    return Draft(given=dict(value["given"]), ignored=tuple(value.get("ignored", ())))
+
+
+class DraftButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:draft:(?P<draft_id>[0-9a-f]{16})"):
+    def __init__(self, draft_id: str):
+        super().__init__(discord.ui.Button(label="Generate with these", emoji="🎨", style=discord.ButtonStyle.primary,
+                                           custom_id=f"easel:draft:{draft_id}"))
+        self.draft_id = draft_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["draft_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from .cogs.imagine import submit_from_interaction
+
+        app = interaction.client.app  # type: ignore[attr-defined]
+        try:
+            draft = await load_draft(app.store, self.draft_id)
+            if draft is None:
+                raise DraftError("those parameters are no longer stored; run /info on the image again")
+            await submit_from_interaction(app, interaction, dict(draft.given), mode="txt2img")
+        except EaselError as exc:
+            await send_error(interaction, exc)
+
+
+def draft_view(draft_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(DraftButton(draft_id))
+    return view

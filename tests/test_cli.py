@@ -1,0 +1,67 @@
+"""The `easel` command as a user runs it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from generation.infotext import read_infotext
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def easel(*args, env_extra=None, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def test_generate_models_and_info(tmp_path, models_dir):
+    env = {"EASEL_MODELS_DIR": str(models_dir), "EASEL_DATA_DIR": str(tmp_path / "data"), "EASEL_DEVICE": "cpu",
+           "EASEL_CONFIG": str(tmp_path / "none.toml")}
+    out = tmp_path / "out"
+    result = easel("generate", "a (red:1.2) cat", "--checkpoint", "tiny", "--width", "64", "--height", "64",
+                   "--steps", "3", "--seed", "11", "--count", "2", "--sampler", "DPM++ 2M Karras", "--out", str(out),
+                   env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["11.png", "12.png"]
+    text = read_infotext((out / "11.png").read_bytes())
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in text and "Seed: 11" in text
+    assert "3/3" in result.stderr  # the progress bar
+
+    single = easel("generate", "a cat", "--checkpoint", str(models_dir / "checkpoints" / "tiny.safetensors"),
+                   "--width", "64", "--height", "64", "--steps", "2", "--out", str(tmp_path / "one.png"), env_extra=env)
+    assert single.returncode == 0, single.stderr
+    assert (tmp_path / "one.png").exists()
+
+    info = easel("info", str(out / "12.png"), env_extra=env)
+    assert info.returncode == 0 and "Seed: 12" in info.stdout
+
+    models = easel("models", env_extra=env)
+    assert models.returncode == 0
+    assert "tiny.safetensors" in models.stdout and "widewidth" in models.stdout and "width 768" in models.stdout
+
+
+def test_errors_are_one_readable_line(tmp_path, models_dir):
+    env = {"EASEL_MODELS_DIR": str(models_dir), "EASEL_DATA_DIR": str(tmp_path / "data"),
+           "EASEL_CONFIG": str(tmp_path / "none.toml")}
+    bad = easel("generate", "a cat", "--width", "63", "--steps", "0", env_extra=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "easel: steps must be a whole number from 1 to 60; width must be a multiple of 8"]
+    missing = easel("generate", "a cat", "--checkpoint", "nope", env_extra=env)
+    assert missing.returncode == 2 and "unknown checkpoint 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+    config = tmp_path / "bad.toml"
+    config.write_text("[limits]\nmax_stepz = 3\n")
+    wrong = easel("--config", str(config), "models", env_extra=env)
+    assert wrong.returncode == 2 and "unknown key [limits] max_stepz" in wrong.stderr
+    no_token = easel("run", env_extra={**env, "DISCORD_TOKEN": ""})
+    assert no_token.returncode == 2 and "set DISCORD_TOKEN" in no_token.stderr
+
+
+def test_make_test_model_writes_both_forms(tmp_path):
+    result = easel("make-test-model", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo" / "model_index.json").exists() and (tmp_path / "demo.safetensors").exists()

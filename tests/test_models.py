@@ -1,0 +1,143 @@
+"""Checkpoints and embeddings on disk: scanning, names, hashes, pickles, VAEs, the pipeline cache, DB sync."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import make_config, tiny_request
+from generation.catalog import refresh_models
+from generation.checkpoints import safe_child, scan_checkpoints
+from generation.engine import Engine
+from generation.errors import ModelNotFound
+from generation.hashing import JsonHashCache, MemoryHashCache, sha256_file
+from generation.pipelines import DeviceSpec, PipelineCache
+from generation.registry import ModelRegistry
+from generation.testing import build_tiny_pipeline, ldm_state_dict
+
+
+def image_array(engine, **changes):
+    return np.asarray(engine.generate(tiny_request(**changes))[0].image, dtype=np.int16)
+
+
+@pytest.fixture
+def models_copy(tmp_path, models_dir):
+    """A private copy of the model folder that a test may add files to."""
+    target = tmp_path / "models"
+    shutil.copytree(models_dir, target)
+    return target
+
+
+def test_scan_names_formats_hashes_and_skips(models_copy):
+    folder = models_copy / "checkpoints"
+    (folder / "notes.txt").write_text("not a model")
+    (folder / "empty_dir").mkdir()
+    shutil.copy(folder / "tiny.safetensors", folder / "old.ckpt")
+    found, skipped = scan_checkpoints(folder, allow_pickle=False)
+    assert [(c.name, c.format, c.architecture) for c in found] == [
+        ("tiny", "diffusers", "tiny-sd1"), ("tiny.safetensors", "safetensors", "tiny-sd1")]
+    single = found[1]
+    assert single.sha256 == hashlib.sha256((folder / "tiny.safetensors").read_bytes()).hexdigest()
+    assert single.short_hash == single.sha256[:10]
+    assert [s.reason for s in skipped] == [".ckpt is a pickle; set [models] allow_pickle_checkpoints = true to load it"]
+
+
+def test_pickle_checkpoint_loads_only_when_allowed_and_matches(models_copy, tmp_path, engine):
+    from safetensors.torch import load_file
+
+    folder = models_copy / "checkpoints"  # the operator's own folder: the only place a pickle may come from
+    torch.save({"state_dict": load_file(str(folder / "tiny.safetensors"))}, folder / "legacy.ckpt")
+    config = make_config(models_copy, tmp_path / "data", models={"allow_pickle_checkpoints": True})
+    registry = ModelRegistry.from_config(config)
+    registry.refresh()
+    assert registry.resolve("legacy").format == "ckpt"
+    legacy = Engine(config=config, registry=registry)
+    assert np.array_equal(image_array(legacy, checkpoint="legacy", seed=3), image_array(engine, checkpoint="tiny", seed=3))
+
+
+def test_a_vae_beside_a_checkpoint_is_used(models_copy, tmp_path, engine):
+    folder = models_copy / "checkpoints"
+    shutil.copy(folder / "tiny.safetensors", folder / "withvae.safetensors")
+    other = build_tiny_pipeline(seed=1)
+    weights = ldm_state_dict(unet=other.unet, vae=other.vae, text_encoder=other.text_encoder)
+    vae = {k.removeprefix("first_stage_model."): v for k, v in weights.items() if k.startswith("first_stage_model.")}
+    save_file(vae, str(folder / "withvae.vae.safetensors"))
+    config = make_config(models_copy, tmp_path / "data")
+    registry = ModelRegistry.from_config(config)
+    registry.refresh()
+    info = registry.resolve("withvae")
+    assert info.vae_path and info.vae_path.endswith("withvae.vae.safetensors")
+    assert "withvae.vae" not in [c.name for c in registry.checkpoints]  # a VAE is not a checkpoint
+    with_vae = Engine(config=config, registry=registry)
+    assert not np.array_equal(image_array(with_vae, checkpoint="withvae", seed=3),
+                              image_array(engine, checkpoint="tiny.safetensors", seed=3))
+
+
+def test_names_from_users_never_leave_their_folder(tmp_path, registry):
+    for bad in ("../secret", "a/b", "..", "", "x\x00y"):
+        with pytest.raises(ModelNotFound):
+            safe_child(tmp_path, bad)
+    assert safe_child(tmp_path, "ok.safetensors") == (tmp_path / "ok.safetensors").resolve()
+    for bad in ("../checkpoints/tiny", "/etc/passwd", "tiny/../../x"):
+        with pytest.raises(ModelNotFound):
+            registry.resolve(bad)
+
+
+def test_hashes_are_cached_by_path_size_and_mtime(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"x" * 1000)
+    cache = JsonHashCache(tmp_path / "hashes.json")
+    first = sha256_file(path, cache)
+    reloaded = JsonHashCache(tmp_path / "hashes.json")
+    stat = path.stat()
+    assert reloaded.get(path, stat.st_size, stat.st_mtime_ns) == first
+    reloaded.put(path, stat.st_size, stat.st_mtime_ns, "cached-value")
+    assert sha256_file(path, reloaded) == "cached-value"  # not recomputed
+    path.write_bytes(b"y" * 1001)  # changed: size and mtime differ, so it is hashed again
+    assert sha256_file(path, reloaded) == hashlib.sha256(b"y" * 1001).hexdigest()
+
+
+def test_pipeline_cache_is_a_bounded_lru(registry):
+    loaded = []
+
+    def loader(info, device):
+        loaded.append(info.name)
+        return type("Loaded", (), {"info": info})()
+
+    cache = PipelineCache(capacity=1, device=DeviceSpec.choose("cpu"), loader=loader)
+    folder, single = registry.resolve("tiny"), registry.resolve("tiny.safetensors")
+    cache.get(folder), cache.get(folder), cache.get(single), cache.get(folder)
+    assert loaded == ["tiny", "tiny.safetensors", "tiny"] and cache.loads == 3
+    two = PipelineCache(capacity=2, device=DeviceSpec.choose("cpu"), loader=loader)
+    two.get(folder), two.get(single), two.get(folder)
+    assert two.loads == 2 and two.most_recent == "tiny"
+
+
+def test_cpu_runs_fp32():
+    assert DeviceSpec.choose("cpu").dtype == torch.float32
+
+
+async def test_refresh_mirrors_the_folders_into_the_database(models_copy, tmp_path):
+    from storage import open_store
+
+    config = make_config(models_copy, tmp_path / "data")
+    registry = ModelRegistry.from_config(config, hash_cache=MemoryHashCache())
+    store = await open_store(tmp_path / "easel.db")
+    try:
+        await refresh_models(registry, store)
+        assert [c.name for c in await store.checkpoints.list()] == ["tiny", "tiny.safetensors"]
+        assert await store.checkpoints.set_enabled("tiny.safetensors", False)
+        embeddings = {e.trigger: e for e in await store.embeddings.list()}
+        assert embeddings["widewidth"].status == "skipped" and "width 768" in embeddings["widewidth"].skip_reason
+        assert embeddings["a1111pt"].status == "loaded" and embeddings["a1111pt"].vectors == 2
+        (models_copy / "checkpoints" / "tiny.safetensors").unlink()
+        await refresh_models(registry, store)
+        assert [c.name for c in await store.checkpoints.list()] == ["tiny"]
+        assert (await store.checkpoints.get("tiny")).enabled
+    finally:
+        await store.close()
