@@ -19,15 +19,26 @@ def _app(interaction: discord.Interaction):
     return interaction.client.app  # type: ignore[attr-defined]
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):reroll"):
+class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):(?P<action>[a-z]+)"):
+    """Base of the result buttons: the custom_id `easel:job:<id>:<action>` is all the state they need."""
+
+    action = ""
+    label = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
+
     def __init__(self, job_id: int):
-        super().__init__(discord.ui.Button(label="Reroll", emoji="🔁", style=discord.ButtonStyle.primary,
-                                           custom_id=f"easel:job:{job_id}:reroll"))
+        super().__init__(discord.ui.Button(label=self.label, emoji=self.emoji, style=self.style,
+                                           custom_id=f"easel:job:{job_id}:{self.action}"))
         self.job_id = job_id
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["job_id"]))
+
+
+class RerollButton(JobButton, template=r"easel:job:(?P<job_id>\d+):reroll"):
+    action, label, emoji, style = "reroll", "Reroll", "🔁", discord.ButtonStyle.primary
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
@@ -40,15 +51,8 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:j
             await interaction.edit_original_response(content=f"⚠️ {exc}")
 
 
-class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):info"):
-    def __init__(self, job_id: int):
-        super().__init__(discord.ui.Button(label="Info", emoji="ℹ️", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"easel:job:{job_id}:info"))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(int(match["job_id"]))
+class InfoButton(JobButton, template=r"easel:job:(?P<job_id>\d+):info"):
+    action, label, emoji = "info", "Info", "ℹ️"
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
@@ -59,15 +63,8 @@ class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job
         await interaction.response.send_message(f"```\n{text[:1900]}\n```", ephemeral=True)
 
 
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):delete"):
-    def __init__(self, job_id: int):
-        super().__init__(discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
-                                           custom_id=f"easel:job:{job_id}:delete"))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(int(match["job_id"]))
+class DeleteButton(JobButton, template=r"easel:job:(?P<job_id>\d+):delete"):
+    action, label, emoji, style = "delete", "Delete", "🗑️", discord.ButtonStyle.danger
 
     async def callback(self, interaction: discord.Interaction) -> None:
         job = await _app(interaction).store.jobs.get(self.job_id)

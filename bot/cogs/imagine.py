@@ -32,6 +32,15 @@ async def checkpoint_autocomplete(interaction: discord.Interaction, current: str
     return [app_commands.Choice(name=name[:100], value=name[:100]) for name in names if current in name.lower()][:25]
 
 
+OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale"}  # command option -> request field
+NOT_FIELDS = ("self", "interaction", "image", "mask")
+
+
+def options_to_fields(options: dict) -> dict:
+    """A command's options (its locals) as GenerationRequest field names."""
+    return {OPTION_FIELDS.get(name, name): value for name, value in options.items() if name not in NOT_FIELDS}
+
+
 async def submit_from_interaction(app: AppContext, interaction: discord.Interaction, given: dict, *, mode: str,
                                   init_image=None, mask=None) -> None:
     """Shared by the three commands: resolve options, check the rules, defer, store, enqueue."""
@@ -92,9 +101,7 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
                           schedule: Optional[str] = None, steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            given = dict(prompt=prompt, negative_prompt=negative, checkpoint=checkpoint, sampler=sampler,
-                         schedule=schedule, steps=steps, cfg_scale=cfg, width=width, height=height, seed=seed,
-                         count=count)
+            given = options_to_fields(locals())
             await submit_from_interaction(app, interaction, given, mode="txt2img")
 
         @app_commands.command(name="img2img", description="Redraw an image guided by a prompt")
@@ -108,9 +115,7 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
                           schedule: Optional[str] = None, steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            given = dict(prompt=prompt, negative_prompt=negative, checkpoint=checkpoint, sampler=sampler,
-                         schedule=schedule, steps=steps, cfg_scale=cfg, width=width, height=height, seed=seed,
-                         count=count, strength=strength)
+            given = options_to_fields(locals())
             await submit_from_interaction(app, interaction, given, mode="img2img", init_image=image)
 
         @app_commands.command(name="inpaint", description="Repaint the white part of a mask")
@@ -125,9 +130,7 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
                           steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            given = dict(prompt=prompt, negative_prompt=negative, checkpoint=checkpoint, sampler=sampler,
-                         schedule=schedule, steps=steps, cfg_scale=cfg, width=width, height=height, seed=seed,
-                         count=count, strength=strength)
+            given = options_to_fields(locals())
             await submit_from_interaction(app, interaction, given, mode="inpaint", init_image=image, mask=mask)
 
     return Imagine()
