@@ -81,7 +81,8 @@ def member_setting_changes(*, current: Mapping[str, Any], limits: LimitsConfig, 
         if len(negative_prompt) > MAX_NEGATIVE_CHARS:
             problems.append(f"the negative prompt may have at most {MAX_NEGATIVE_CHARS} characters")
         else:
-            changes["negative_prompt"] = negative_prompt.strip() or None  # empty clears it
+            cleared = negative_prompt.strip() in ("", "-")
+            changes["negative_prompt"] = None if cleared else negative_prompt.strip()
     if problems:
         raise InvalidSetting("; ".join(problems))
     return changes

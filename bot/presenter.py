@@ -30,7 +30,7 @@ DELETE_EMOJI = "❌"
 
 
 def progress_bar(step: int, total: int, width: int = 16) -> str:
-    filled = round(width * step / max(1, total))
+    filled = max(0, min(width, round(width * step / max(1, total))))
     return "█" * filled + "░" * (width - filled)
 
 

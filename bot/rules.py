@@ -24,6 +24,9 @@ RESOLVED_OPTIONS = ("negative_prompt", "sampler", "schedule", "steps", "cfg_scal
                     "strength", "clip_skip")
 
 
+KIND_WORDS = {str: "text", int: "a whole number", float: "a number"}
+
+
 class RuleBroken(EaselError):
     pass
 
@@ -82,4 +85,4 @@ def validated_member_setting(name: str, value: Any) -> Any:
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise RuleBroken(f"{name} must be a {kind.__name__}") from None
+        raise RuleBroken(f"{name} must be {KIND_WORDS[kind]}") from None

@@ -210,8 +210,9 @@ class GenerationService:
         self._subscriptions.add(subscription)
         return subscription
 
-    async def history(self, user_id: int, query: str | None = None, *, limit: int = 10, offset: int = 0):
-        return await self.store.prompt_history.search(user_id, query, limit=limit, offset=offset)
+    async def history(self, user_id: int, query: str | None = None, *, limit: int = 10, offset: int = 0,
+                      guild_id: int | None = None):
+        return await self.store.prompt_history.search(user_id, query, limit=limit, offset=offset, guild_id=guild_id)
 
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """For tests and the CLI: until nothing is queued or running."""

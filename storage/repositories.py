@@ -797,8 +797,11 @@ class PromptHistoryRepository:
             await session.refresh(row)
             return _history_entry(row)
 
-    def _filters(self, user_id: int, query: str | None, *, fts: bool) -> builtins.list[ColumnElement[bool]]:
+    def _filters(self, user_id: int, query: str | None, *, fts: bool,
+                 guild_id: int | None = None) -> builtins.list[ColumnElement[bool]]:
         filters: builtins.list[ColumnElement[bool]] = [PromptHistory.user_id == user_id]
+        if guild_id is not None:
+            filters.append(PromptHistory.guild_id == guild_id)
         if query is None or not query.strip():
             return filters
         match = fts5_match_expression(query) if fts else None
@@ -814,14 +817,16 @@ class PromptHistoryRepository:
         return filters
 
     async def search(
-        self, user_id: int, query: str | None = None, *, limit: int = 20, offset: int = 0
+        self, user_id: int, query: str | None = None, *, limit: int = 20, offset: int = 0,
+        guild_id: int | None = None,
     ) -> builtins.list[PromptHistoryEntry]:
-        """The user's prompts containing every word of `query` (prefixes count), newest first."""
+        """The user's prompts (in one guild, when given) containing every word of `query`
+        (prefixes count), newest first."""
 
         async def run(fts: bool) -> builtins.list[PromptHistoryEntry]:
             statement = (
                 select(PromptHistory)
-                .where(*self._filters(user_id, query, fts=fts))
+                .where(*self._filters(user_id, query, fts=fts, guild_id=guild_id))
                 .order_by(PromptHistory.created_at.desc(), PromptHistory.id.desc())
                 .limit(limit)
                 .offset(offset)
@@ -831,12 +836,12 @@ class PromptHistoryRepository:
 
         return await self._with_fallback(run)
 
-    async def count(self, user_id: int, query: str | None = None) -> int:
+    async def count(self, user_id: int, query: str | None = None, *, guild_id: int | None = None) -> int:
         async def run(fts: bool) -> int:
             statement = (
                 select(func.count())
                 .select_from(PromptHistory)
-                .where(*self._filters(user_id, query, fts=fts))
+                .where(*self._filters(user_id, query, fts=fts, guild_id=guild_id))
             )
             async with self._db.read() as session:
                 return int(await session.scalar(statement) or 0)

@@ -94,7 +94,7 @@ def test_channel_rule():
 
 def test_member_setting_types():
     assert validated_member_setting("steps", "12") == 12
-    with pytest.raises(RuleBroken, match="steps must be a int"):
+    with pytest.raises(RuleBroken, match="steps must be a whole number"):
         validated_member_setting("steps", "many")
     with pytest.raises(RuleBroken, match="unknown setting"):
         validated_member_setting("seed", 1)
@@ -282,8 +282,9 @@ def test_member_settings_are_canonical_and_checked():
     # only a schedule: checked against the member's sampler
     assert member_setting_changes(current={"sampler": "DPM++ 2M"}, limits=LIMITS, defaults=DEFAULTS,
                                   schedule="exponential") == {"schedule": "Exponential"}
-    assert member_setting_changes(current={}, limits=LIMITS, defaults=DEFAULTS, negative_prompt=" ") == \
-        {"negative_prompt": None}  # a blank negative prompt clears it
+    for cleared in (" ", "-"):
+        assert member_setting_changes(current={}, limits=LIMITS, defaults=DEFAULTS, negative_prompt=cleared) == \
+            {"negative_prompt": None}
     with pytest.raises(InvalidSetting) as caught:
         member_setting_changes(current={"height": 1536}, limits=LIMITS, defaults=DEFAULTS, sampler="DPM++ 2M Karras",
                                schedule="Exponential", steps=0, width=1500, cfg_scale=99)

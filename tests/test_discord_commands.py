@@ -161,6 +161,8 @@ async def test_settings_are_stored_checked_and_used_by_imagine(own_models, tmp_p
         (bob_job,) = await env.app.store.jobs.list_for_owner(env.bob.id)
         assert (bob_job.request["steps"], bob_job.request["width"], bob_job.request["negative_prompt"]) == (4, 64, "")
 
+        await ask(env, "settings", {"negative": "-"}, user=env.alice)
+        assert "negative_prompt" not in await env.app.store.users.get_settings(env.alice.id)
         message = await ask(env, "settings", {"reset": True}, user=env.alice)
         assert "reset" in message.embeds[0]["title"] and "**Steps:** 4 *(default)*" in description(message)
         assert await env.app.store.users.get_settings(env.alice.id) == {}

@@ -284,3 +284,11 @@ async def test_fts_index_follows_updates_and_deletes(store: Store) -> None:
             text("SELECT count(*) FROM prompt_history_fts WHERE prompt_history_fts MATCH 'wolf'")
         )
         assert rows.scalar() == 0
+
+
+async def test_history_can_be_limited_to_one_guild(store):
+    await store.prompt_history.add(user_id=1, guild_id=10, prompt="a red cat in guild ten")
+    await store.prompt_history.add(user_id=1, guild_id=20, prompt="a red dog in guild twenty")
+    assert [e.guild_id for e in await store.prompt_history.search(1, "red", guild_id=10)] == [10]
+    assert await store.prompt_history.count(1, "red", guild_id=20) == 1
+    assert await store.prompt_history.count(1, "red") == 2

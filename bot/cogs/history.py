@@ -24,7 +24,8 @@ def build_history_cog(app: AppContext) -> commands.Cog:
                           page: Optional[app_commands.Range[int, 1, 10000]] = 1):
             user_id = interaction.user.id
             query = search.strip() if search and search.strip() else None
-            total = await app.store.prompt_history.count(user_id, query)
+            guild_id = interaction.guild_id  # history is per server (all of it in direct messages)
+            total = await app.store.prompt_history.count(user_id, query, guild_id=guild_id)
             what = f"matching {quoted(query, 100)}" if query else "in your history"
             if total == 0:
                 text = f"No prompts {what}." if query else "Your history is empty: prompts you /imagine appear here."
@@ -38,7 +39,7 @@ def build_history_cog(app: AppContext) -> commands.Cog:
                     ephemeral=True)
                 return
             offset = (page - 1) * PER_PAGE
-            entries = await app.service.history(user_id, query, limit=PER_PAGE, offset=offset)
+            entries = await app.service.history(user_id, query, limit=PER_PAGE, offset=offset, guild_id=guild_id)
             lines = [history_line(number=offset + index, prompt=e.prompt, negative_prompt=e.negative_prompt,
                                   job_id=e.job_id, created_at=e.created_at)
                      for index, e in enumerate(entries, start=1)]

@@ -49,8 +49,9 @@ async def submit_from_interaction(app: AppContext, interaction: discord.Interact
     check_channel(guild_settings, interaction.channel_id)
     options = resolve_options(given, member=member_settings, guild=guild_settings, defaults=app.config.defaults)
     checkpoint = given.get("checkpoint") or ""
-    if checkpoint and checkpoint not in await enabled_checkpoint_names(app.store):
-        raise ModelNotFound(f"checkpoint {checkpoint!r} is not available; pick one from the list")
+    if (checkpoint or app.registry.default_name()) not in await enabled_checkpoint_names(app.store):
+        what = f"checkpoint {checkpoint!r} is" if checkpoint else "the default checkpoint is"
+        raise ModelNotFound(f"{what} not available; pick one from the list")
     request = GenerationRequest(prompt=given["prompt"], mode=mode, checkpoint=checkpoint,
                                 seed=given.get("seed") if given.get("seed") is not None else -1,
                                 init_image="pending" if init_image else None, mask="pending" if mask else None,

@@ -39,7 +39,7 @@ def build_settings_cog(app: AppContext) -> commands.Cog:
         @app_commands.describe(sampler="Sampler (\"DPM++ 2M Karras\" sets the schedule too)",
                                schedule="Schedule type", steps="Sampling steps", cfg="CFG scale",
                                width="Width in pixels (multiple of 8)", height="Height in pixels (multiple of 8)",
-                               negative="Negative prompt added when you give none (a space clears it)",
+                               negative="Negative prompt used when you give none (\"-\" clears it)",
                                reset="Forget all your defaults first")
         @app_commands.choices(schedule=SCHEDULE_CHOICES)
         @app_commands.autocomplete(sampler=sampler_autocomplete)
