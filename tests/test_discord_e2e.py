@@ -190,3 +190,37 @@ async def test_a_result_finished_while_the_bot_was_away_is_delivered_once_on_sta
             assert (await env.app.store.images.undelivered_job_ids()) == []
         posts = [m for m in fake.messages(env.channel) if finished(m)]
         assert len(posts) == 1
+
+
+async def test_direct_messages_follow_the_config_switch(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path / "off") as env:
+        refused = await env.fake.invoke_command("imagine", {"prompt": "a cat"}, user=env.alice,
+                                                channel=env.fake.dm_channel(env.alice))
+        message = await refused.wait_for_original(lambda m: "servers only" in m.content)
+        assert message.ephemeral
+    async with easel_on_fake_discord(models_dir, tmp_path / "on", discord={"allow_dms": True}) as env:
+        allowed = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2}, user=env.alice,
+                                                channel=env.fake.dm_channel(env.alice))
+        await allowed.wait_for_original(finished, timeout=60)
+
+
+async def test_each_guild_keeps_its_own_limits(models_dir, tmp_path):
+    from discord_fake import fake_discord
+
+    async with fake_discord() as fake:
+        strict = fake.add_guild("Strict")
+        relaxed = fake.add_guild("Relaxed")
+        for guild in (strict, relaxed):
+            for name in ("alice", "bob", "mod"):
+                fake.add_member(guild, name=f"{name}-{guild.name}")
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
+            await env.app.store.guilds.update_settings(strict.id, max_steps=3, banned_words=["dog"])
+            user = next(iter(strict.members.values())).user
+            refused = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=user, guild=strict,
+                                                channel=strict.channel_named("general"))
+            message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+            assert '"dog"' in message.content and "steps is at most 3 on this server" in message.content
+            other = next(iter(relaxed.members.values())).user
+            fine = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=other, guild=relaxed,
+                                             channel=relaxed.channel_named("general"))
+            await fine.wait_for_original(finished, timeout=60)
