@@ -26,6 +26,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/queue.py
+	$(PY) bench/prompt_encoding.py
+	$(PY) bench/discord_ack.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -256,7 +256,7 @@ async def bench_throughput(models: BenchModels, engine, *, rounds: int) -> bool:
     """Goal at 256 px through the service; the engine alone shows the ceiling, 64 px is for comparison."""
     from generation.engine import BatchItem
 
-    steps = 10
+    steps = 8
     cases = [(256, 4, True), (256, 8, True), (64, 8, False)]  # (size, jobs, judged against the goal)
     print(f"\nb) throughput: compatible jobs of different members, {steps} steps, Euler a, batched (max_batch 8) vs "
           f"one by one; median of {rounds} interleaved rounds")

@@ -131,6 +131,7 @@ class GenerationService:
         self._task: asyncio.Task | None = None
         self._running: dict[int, CancelToken] = {}
         self._busy = False  # a batch was picked and is not over yet
+        self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
         self._announced_terminal: set[int] = set()
         self._positions: dict[int, int] = {}
         self.image_dir = config.data_dir / "images"
@@ -155,6 +156,8 @@ class GenerationService:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._finishing:  # let results already computed reach the database
+            await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # ------------------------------------------------------------------ frontend API
     async def submit(self, request: GenerationRequest, *, owner_id: int, target: ReplyTarget = ReplyTarget()):
@@ -217,7 +220,7 @@ class GenerationService:
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """For tests and the CLI: until nothing is queued or running."""
         async def idle():
-            while len(self._scheduler) or self._running or self._busy:
+            while len(self._scheduler) or self._running or self._busy or self._finishing:
                 await asyncio.sleep(0.02)
         await asyncio.wait_for(idle(), timeout)
 
@@ -297,7 +300,10 @@ class GenerationService:
                     self._announce(JobProgress(event.key, event.progress.step, event.progress.total,
                                                preview_png(preview) if preview is not None else None))
                 elif isinstance(event, ItemFinished):
-                    await self._finish(event)
+                    # PNG files and the commit overlap with the next batch instead of keeping the GPU idle.
+                    task = asyncio.create_task(self._finish(event))
+                    self._finishing.add(task)
+                    task.add_done_callback(self._finish_done)
                 elif isinstance(event, ItemFailed):
                     if await self.store.jobs.fail(event.key, event.reason, from_status={"running"}):
                         self._announce(JobFailed(event.key, event.reason))
@@ -312,11 +318,23 @@ class GenerationService:
             for item in items:
                 self._running.pop(item.key, None)
 
+    def _finish_done(self, task: asyncio.Task) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("saving a result failed", exc_info=task.exception())
+
     async def _finish(self, event: ItemFinished) -> None:
         from storage.records import NewImage
 
         folder = self.image_dir / str(event.key)
-        new_images = await asyncio.to_thread(_write_images, folder, event.images)
+        try:
+            new_images = await asyncio.to_thread(_write_images, folder, event.images)
+        except OSError as exc:
+            log.error("could not save the images of job %s: %s", event.key, exc)
+            reason = "the images could not be saved on the bot's disk; the error was logged"
+            if await self.store.jobs.fail(event.key, reason, from_status={"running"}):
+                self._announce(JobFailed(event.key, reason))
+            return
         images = await self.store.jobs.complete(event.key, [NewImage(**fields) for fields in new_images])
         if images is None:  # canceled while it ran: its files are not kept
             await asyncio.to_thread(_remove_files, [Path(f["path"]) for f in new_images])

@@ -48,6 +48,7 @@ def test_sigkill_mid_job_then_restart_completes_every_job_once(tmp_path, models_
     process.wait(timeout=30)
     before = dict(query(db, "SELECT id, status FROM jobs"))
     assert before[killed_job] == "running"
+    interrupted = {job_id for job_id, status in before.items() if status == "running"}
 
     resumed = subprocess.run([sys.executable, str(RUNNER), str(data), str(models_dir), "resume", "0"],
                              capture_output=True, text=True, env=env, timeout=300)
@@ -57,8 +58,9 @@ def test_sigkill_mid_job_then_restart_completes_every_job_once(tmp_path, models_
     rows = query(db, "SELECT id, status, attempts FROM jobs ORDER BY id")
     assert [status for _, status, _ in rows] == ["done"] * JOBS
     attempts = {job_id: attempts for job_id, _, attempts in rows}
-    assert attempts[killed_job] == 1
-    assert sum(attempts.values()) == 1  # nothing else was run twice
+    # exactly the jobs that were running when the process died ran a second time; no other job did
+    assert {job_id for job_id, count in attempts.items() if count == 1} == interrupted
+    assert set(attempts.values()) <= {0, 1}
     images = query(db, "SELECT job_id, count(*) FROM images GROUP BY job_id")
     assert dict(images) == {job_id: 1 for job_id, _, _ in rows}
     files = sorted(p.relative_to(data) for p in (data / "images").rglob("*.png"))
