@@ -195,12 +195,12 @@ def test_invalid_request_lists_every_problem(engine):
 
 
 def test_prompt_language_reaches_the_pipeline(engine):
-    plain = engine.generate(tiny_request(prompt="a red cat", seed=5))[0]
-    weighted = engine.generate(tiny_request(prompt="a (red:1.6) cat", seed=5))[0]
-    edited = engine.generate(tiny_request(prompt="a [red:blue:2] cat", seed=5))[0]
+    plain = engine.generate(tiny_request(prompt="a red cat", seed=5, steps=6))[0]
+    weighted = engine.generate(tiny_request(prompt="a (red:1.6) cat", seed=5, steps=6))[0]
+    edited = engine.generate(tiny_request(prompt="a [red:blue:1] cat", seed=5, steps=6))[0]
     assert max_diff(plain.image, weighted.image) > 0
     assert max_diff(plain.image, edited.image) > 0
-    assert "a [red:blue:2] cat\n" in edited.infotext  # recorded as written
+    assert "a [red:blue:1] cat\n" in edited.infotext  # recorded as written
 
 
 def test_long_prompts_are_not_truncated_but_capped(engine):

@@ -156,7 +156,7 @@ def test_write_test_model_writes_folder_and_single_file(tiny_files):
         "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
     }
     # Names exactly as in SD-1.x files: LDM block numbering, 1x1-conv VAE attention.
-    assert "model.diffusion_model.output_blocks.1.1.conv.weight" in keys  # up block without attention
+    assert "model.diffusion_model.output_blocks.1.2.conv.weight" in keys  # upsampler after resnet + attention
     assert "model.diffusion_model.input_blocks.2.0.op.weight" in keys
     assert "first_stage_model.decoder.up.3.upsample.conv.weight" in keys
     assert "cond_stage_model.transformer.text_model.embeddings.position_ids" in keys
