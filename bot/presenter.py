@@ -174,6 +174,8 @@ class Presenter:
                 await self._say(job, f"❌ That didn't work: {event.reason}")
             elif isinstance(event, JobCanceled):
                 await self._say(job, f"🚫 Canceled ({event.reason}).")
+        except Exception:
+            log.exception("could not post the end of job %s", job.id)
         finally:
             self._jobs.pop(job.id, None)
 
@@ -191,14 +193,22 @@ class Presenter:
             tokens = self.app.engine.token_count(request.prompt, steps=request.steps)
         except Exception:
             tokens = None
-        embed = result_embed(job, request, images, token_count=tokens)
-        if len(chosen) == 1:
-            embed.set_image(url=f"attachment://{uploads[0][0]}")
-        note = ""
-        if len(chosen) < len(images):
-            note = f" ({len(images) - len(chosen)} image(s) were too large for this server's upload limit)"
-        message = await self._send(job, f"<@{job.owner_id}> done{note}", embed=embed, uploads=uploads,
-                                   view=result_view(job.id))
+        while True:
+            embed = result_embed(job, request, images, token_count=tokens)
+            if len(uploads) == 1:
+                embed.set_image(url=f"attachment://{uploads[0][0]}")
+            note = ""
+            if len(uploads) < len(images):
+                note = f" ({len(images) - len(uploads)} image(s) were too large for this server's upload limit)"
+            try:
+                message = await self._send(job, f"<@{job.owner_id}> done{note}", embed=embed, uploads=uploads,
+                                           view=result_view(job.id))
+                break
+            except discord.HTTPException as exc:
+                # The real limit can be lower than the guild's nominal one: drop the last image and retry.
+                if exc.code != 40005 or not uploads:
+                    raise
+                uploads = uploads[:-1]
         if message is not None:
             await self.app.store.images.set_message(job.id, message.id)
             try:

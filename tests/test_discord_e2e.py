@@ -224,3 +224,30 @@ async def test_each_guild_keeps_its_own_limits(models_dir, tmp_path):
             fine = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=other, guild=relaxed,
                                              channel=relaxed.channel_named("general"))
             await fine.wait_for_original(finished, timeout=60)
+
+
+async def test_images_over_the_upload_limit_are_left_out_with_a_note(models_dir, tmp_path):
+    from discord_fake import fake_discord
+
+    async with fake_discord() as fake:
+        guild = fake.add_guild("Tiny Uploads", filesize_limit=20_000)  # one 64 px PNG fits, two do not
+        for name in ("alice", "bob", "mod"):
+            fake.add_member(guild, name=name)
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
+            interaction = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "count": 3},
+                                                    user=env.alice, guild=guild, channel=env.channel)
+            message = await interaction.wait_for_original(finished, timeout=60)
+            assert sum(a.size for a in message.attachments) <= 20_000
+            assert 1 <= len(message.attachments) < 3
+            assert "too large for this server's upload limit" in message.content
+
+
+async def test_a_failed_job_is_explained_to_the_member(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path, queue={"job_timeout_s": 0.2}) as env:
+        interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 60, "width": 512,
+                                                                "height": 512},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+        message = await interaction.wait_for_original(lambda m: "didn't work" in m.content, timeout=60)
+        assert "took longer than the 0.2 s limit" in message.content
+        job = (await env.app.store.jobs.list_for_owner(env.alice.id))[0]
+        assert job.status == "failed"
