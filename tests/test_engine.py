@@ -266,3 +266,10 @@ def test_batched_jobs_with_different_schedules_each_match_alone(engine):
     batched = engine.run_batch([BatchItem(key=i, request=r) for i, r in enumerate(requests)])
     for i, request in enumerate(requests):
         assert max_diff(batched[i][0].image, engine.generate(request)[0].image) <= 1
+
+
+def test_embedding_triggers_work_inside_weighted_text(engine):
+    plain = engine.generate(tiny_request(prompt="a cat a1111pt", seed=5, steps=6))[0]
+    weighted = engine.generate(tiny_request(prompt="a cat (a1111pt:1.4)", seed=5, steps=6))[0]
+    assert max_diff(plain.image, weighted.image) > 0
+    assert "TI hashes" in weighted.infotext
