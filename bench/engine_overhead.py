@@ -31,7 +31,7 @@ CFG = 7.0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15, help="timed runs of each side (default 7)")
+    parser.add_argument("--runs", type=int, default=15, help="timed runs of each side (default 15)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each side first (default 2)")
     parser.add_argument("--size", type=int, default=256, help="width and height in pixels (default 256)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
