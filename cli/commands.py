@@ -108,8 +108,10 @@ async def _generate(config: Config, args, progress) -> int:
     registry = _registry(config)
     checkpoint = args.checkpoint
     if checkpoint and Path(checkpoint).exists():
-        registry = _registry_with_path(config, registry, Path(checkpoint))
-        checkpoint = registry.extra_name
+        from generation.checkpoints import checkpoint_from_path
+
+        checkpoint = registry.add_external(
+            checkpoint_from_path(Path(checkpoint), allow_pickle=config.models.allow_pickle_checkpoints))
     request = dataclasses.replace(request_from_args(config, args), checkpoint=checkpoint)
     engine = Engine(config=config, registry=registry)
     engine.check_request(request)  # fail fast, before opening the database
@@ -137,19 +139,6 @@ async def _generate(config: Config, args, progress) -> int:
         await service.stop()
         executor.shutdown()
         await store.close()
-
-
-def _registry_with_path(config: Config, registry, path: Path):
-    """The operator may name a checkpoint by path on the command line (never from Discord)."""
-    from generation.checkpoints import checkpoint_from_path
-    from generation.registry import ModelSnapshot
-
-    info = checkpoint_from_path(path, allow_pickle=config.models.allow_pickle_checkpoints)
-    snapshot = registry.snapshot
-    registry._snapshot = ModelSnapshot((info,) + tuple(c for c in snapshot.checkpoints if c.name != info.name),
-                                       snapshot.skipped, snapshot.embeddings)
-    registry.extra_name = info.name
-    return registry
 
 
 def run_bot(config: Config) -> int:

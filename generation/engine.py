@@ -107,6 +107,9 @@ class Engine:
         validate_request(request, self.config.limits)
         info = self.registry.resolve(request.checkpoint)  # raises ModelNotFound with a hint
         problems = []
+        if info.architecture in ("sdxl", "tiny-sdxl"):
+            # SDXL needs two text encoders and pooled embeddings, which the A1111 prompt encoder lacks so far.
+            problems.append(f"{info.name} is an SDXL checkpoint; easel cannot generate with SDXL yet")
         for embedding in self.embeddings_used(request):
             if not embedding.usable:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
@@ -117,7 +120,6 @@ class Engine:
                 problems.append(f"the {what} is {tokens} tokens; the limit is {limit}")
         if problems:
             raise InvalidRequest(problems)
-        del info
         return request
 
     @functools.cached_property

@@ -92,5 +92,11 @@ class ModelRegistry:
         hint = f"; did you mean {', '.join(close)}?" if close else (f"; available: {', '.join(known[:10])}" if known else "")
         raise ModelNotFound(f"unknown checkpoint {name!r}{hint}")
 
+    def add_external(self, info: CheckpointInfo) -> str:
+        """A checkpoint the operator named by path (CLI only, never from Discord); returns its name."""
+        others = tuple(c for c in self._snapshot.checkpoints if c.name != info.name)
+        self._snapshot = ModelSnapshot((info,) + others, self._snapshot.skipped, self._snapshot.embeddings)
+        return info.name
+
     def embedding(self, trigger: str) -> EmbeddingInfo | None:
         return next((e for e in self._snapshot.embeddings if e.trigger == trigger), None)

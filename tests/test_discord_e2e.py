@@ -251,3 +251,14 @@ async def test_a_failed_job_is_explained_to_the_member(models_dir, tmp_path):
         assert "took longer than the 0.2 s limit" in message.content
         job = (await env.app.store.jobs.list_for_owner(env.alice.id))[0]
         assert job.status == "failed"
+
+
+async def test_commands_sync_to_a_development_guild_when_configured(models_dir, tmp_path):
+    from discord_fake import fake_discord
+
+    async with fake_discord() as fake:
+        guild = fake.add_guild("Dev")
+        for name in ("alice", "bob", "mod"):
+            fake.add_member(guild, name=name)
+        async with easel_on_fake_discord(models_dir, tmp_path, fake=fake, discord={"dev_guild_id": guild.id}):
+            assert "imagine" in {c["name"] for c in fake.commands(guild)}

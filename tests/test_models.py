@@ -141,3 +141,16 @@ async def test_refresh_mirrors_the_folders_into_the_database(models_copy, tmp_pa
         assert (await store.checkpoints.get("tiny")).enabled
     finally:
         await store.close()
+
+
+def test_sdxl_checkpoints_are_listed_but_refused_clearly(tmp_path):
+    from generation.errors import InvalidRequest
+    from generation.testing import write_test_model
+
+    write_test_model(tmp_path / "models" / "checkpoints" / "xl", architecture="tiny-sdxl")
+    config = make_config(tmp_path / "models", tmp_path / "data", models={"default_checkpoint": "xl"})
+    registry = ModelRegistry.from_config(config)
+    registry.refresh()
+    assert {c.architecture for c in registry.checkpoints} == {"sdxl", "tiny-sdxl"}  # folder, single file
+    with pytest.raises(InvalidRequest, match="xl is an SDXL checkpoint; easel cannot generate with SDXL yet"):
+        Engine(config=config, registry=registry).check_request(tiny_request(checkpoint="xl"))
