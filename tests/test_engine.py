@@ -273,3 +273,11 @@ def test_embedding_triggers_work_inside_weighted_text(engine):
     weighted = engine.generate(tiny_request(prompt="a cat (a1111pt:1.4)", seed=5, steps=6))[0]
     assert max_diff(plain.image, weighted.image) > 0
     assert "TI hashes" in weighted.infotext
+
+
+def test_img2img_and_inpaint_reuse_the_loaded_modules(engine, registry):
+    loaded = engine.cache.get(registry.resolve("tiny"))
+    for mode in ("img2img", "inpaint"):
+        derived = loaded.pipeline_for(mode)
+        assert derived is not loaded.base and derived is loaded.pipeline_for(mode)
+        assert derived.unet is loaded.base.unet and derived.text_encoder is loaded.base.text_encoder
