@@ -131,6 +131,7 @@ class GenerationService:
         self._task: asyncio.Task | None = None
         self._running: dict[int, CancelToken] = {}
         self._busy = False  # a batch was picked and is not over yet
+        self._picked: set[int] = set()  # the jobs of that batch (no longer queued, maybe not started yet)
         self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
         self._announced_terminal: set[int] = set()
         self._positions: dict[int, int] = {}
@@ -181,7 +182,7 @@ class GenerationService:
 
     def position(self, job_id: int) -> int | None:
         """1-based place in the queue, 0 while running, None when not queued here."""
-        if job_id in self._running:
+        if job_id in self._running or job_id in self._picked:
             return 0
         return self._positions.get(job_id)
 
@@ -272,6 +273,8 @@ class GenerationService:
                 await self._wakeup.wait()
                 continue
             self._busy = True
+            self._picked = {job.job_id for job in batch}
+            self._publish_positions()  # everyone behind the picked jobs moved up
             try:
                 await self._run_batch(batch)
             except asyncio.CancelledError:
@@ -280,6 +283,7 @@ class GenerationService:
                 log.exception("a batch failed unexpectedly")
             finally:
                 self._busy = False
+                self._picked = set()
             self._publish_positions()
 
     async def _run_batch(self, batch: list[QueuedJob]) -> None:

@@ -215,3 +215,26 @@ async def test_checkpoint_affinity_cuts_model_loads(make_service, registry, base
     without = await loads_with(FifoScheduler, 0)
     assert with_affinity < without
     assert with_affinity <= 3
+
+
+async def test_positions_move_up_as_soon_as_a_batch_is_picked(make_service):
+    service = await make_service(start=False)
+    gate = asyncio.Event()
+    original = service._run_batch
+
+    async def held(batch):
+        await gate.wait()
+        await original(batch)
+
+    service._run_batch = held
+    first = await service.submit(tiny_request(seed=1), owner_id=1)
+    second = await service.submit(tiny_request(seed=2), owner_id=1)
+    assert (service.position(first.id), service.position(second.id)) == (1, 2)
+    await service.start()
+    for _ in range(100):
+        if service.position(second.id) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert (service.position(first.id), service.position(second.id)) == (0, 1)  # picked, not started yet
+    gate.set()
+    await service.wait_idle()
