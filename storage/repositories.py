@@ -474,6 +474,34 @@ def _unique_keys(keys: Iterable[str], *, what: str) -> None:
         seen.add(key)
 
 
+async def _sync_rows(db: Database, model: type, key: str, found: Mapping[str, Any],
+                     values_of: Callable[[Any], dict[str, Any]],
+                     new_only: Callable[[Any], dict[str, Any]] = lambda record: {}) -> SyncReport:
+    """Make `model`'s table match a folder scan keyed by column `key`: add new keys, update changed
+    rows (only the columns `values_of` returns), delete keys not found. One transaction."""
+    added: builtins.list[str] = []
+    updated: builtins.list[str] = []
+    column = getattr(model, key)
+    async with db.write() as session:
+        existing = {getattr(row, key): row for row in await session.scalars(select(model))}
+        for name, record in sorted(found.items()):
+            values = values_of(record)
+            row = existing.get(name)
+            if row is None:
+                session.add(model(**{key: name}, **new_only(record), **values))
+                added.append(name)
+            elif any(getattr(row, column_name) != value for column_name, value in values.items()):
+                for column_name, value in values.items():
+                    setattr(row, column_name, value)
+                updated.append(name)
+        removed = sorted(existing.keys() - found.keys())
+        if removed:
+            await session.execute(
+                delete(model).where(column.in_(removed)).execution_options(synchronize_session=False)
+            )
+    return SyncReport(added=tuple(added), updated=tuple(updated), removed=tuple(removed))
+
+
 class CheckpointRepository:
     def __init__(self, db: Database):
         self._db = db
@@ -484,28 +512,9 @@ class CheckpointRepository:
         found_list = builtins.list(found)
         _unique_keys((record.name for record in found_list), what="checkpoints")
         found_by_name = {record.name: record for record in found_list}
-        added: builtins.list[str] = []
-        updated: builtins.list[str] = []
-        async with self._db.write() as session:
-            existing = {row.name: row for row in await session.scalars(select(Checkpoint))}
-            for name, record in sorted(found_by_name.items()):
-                values = _checkpoint_scan_values(record)
-                row = existing.get(name)
-                if row is None:
-                    session.add(Checkpoint(name=name, enabled=record.enabled, **values))
-                    added.append(name)
-                elif any(getattr(row, key) != value for key, value in values.items()):
-                    for key, value in values.items():
-                        setattr(row, key, value)
-                    updated.append(name)
-            removed = sorted(existing.keys() - found_by_name.keys())
-            if removed:
-                await session.execute(
-                    delete(Checkpoint)
-                    .where(Checkpoint.name.in_(removed))
-                    .execution_options(synchronize_session=False)
-                )
-        return SyncReport(added=tuple(added), updated=tuple(updated), removed=tuple(removed))
+        # `enabled` is written for new rows only: on existing ones it is an admin's choice.
+        return await _sync_rows(self._db, Checkpoint, "name", found_by_name, _checkpoint_scan_values,
+                                new_only=lambda record: {"enabled": record.enabled})
 
     async def list(self, *, enabled_only: bool = False) -> builtins.list[CheckpointRecord]:
         statement = select(Checkpoint).order_by(Checkpoint.name)
@@ -565,28 +574,7 @@ class EmbeddingRepository:
         found_list = builtins.list(found)
         _unique_keys((record.trigger for record in found_list), what="embeddings")
         found_by_trigger = {record.trigger: record for record in found_list}
-        added: builtins.list[str] = []
-        updated: builtins.list[str] = []
-        async with self._db.write() as session:
-            existing = {row.trigger: row for row in await session.scalars(select(Embedding))}
-            for trigger, record in sorted(found_by_trigger.items()):
-                values = _embedding_values(record)
-                row = existing.get(trigger)
-                if row is None:
-                    session.add(Embedding(trigger=trigger, **values))
-                    added.append(trigger)
-                elif any(getattr(row, key) != value for key, value in values.items()):
-                    for key, value in values.items():
-                        setattr(row, key, value)
-                    updated.append(trigger)
-            removed = sorted(existing.keys() - found_by_trigger.keys())
-            if removed:
-                await session.execute(
-                    delete(Embedding)
-                    .where(Embedding.trigger.in_(removed))
-                    .execution_options(synchronize_session=False)
-                )
-        return SyncReport(added=tuple(added), updated=tuple(updated), removed=tuple(removed))
+        return await _sync_rows(self._db, Embedding, "trigger", found_by_trigger, _embedding_values)
 
     async def list(self) -> builtins.list[EmbeddingRecord]:
         async with self._db.read() as session:
