@@ -14,7 +14,6 @@ from generation import quiet_libraries
 from generation.catalog import refresh_models
 from generation.config import Config
 from generation.engine import Engine
-from generation.hashing import JsonHashCache
 from generation.executor import LocalExecutor
 from generation.registry import ModelRegistry
 from generation.service import GenerationService
@@ -36,7 +35,7 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
     executor = None
     service = None
     try:
-        registry = ModelRegistry.from_config(config, hash_cache=JsonHashCache(config.data_dir / "hashes.json"))
+        registry = ModelRegistry.from_config(config)
         await refresh_models(registry, store)
         engine = Engine(config=config, registry=registry)
         executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)

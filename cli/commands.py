@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -33,17 +34,33 @@ def info(image: Path) -> int:
     return 0
 
 
-def _registry(config: Config):
-    from generation.hashing import JsonHashCache
+@contextlib.asynccontextmanager
+async def _store_and_models(config: Config):
+    """The bot's database and a fresh scan of the model folders (hashes cached in the database)."""
+    from generation.catalog import refresh_models
     from generation.registry import ModelRegistry
+    from storage import open_store
 
-    registry = ModelRegistry.from_config(config, hash_cache=JsonHashCache(config.data_dir / "hashes.json"))
-    registry.refresh()
-    return registry
+    store = await open_store(config.data_dir / "easel.db")
+    try:
+        registry = ModelRegistry.from_config(config)
+        await refresh_models(registry, store)
+        yield store, registry
+    finally:
+        await store.close()
 
 
 def models(config: Config) -> int:
-    registry = _registry(config)
+    return asyncio.run(_models(config))
+
+
+async def _models(config: Config) -> int:
+    async with _store_and_models(config) as (_, registry):
+        _print_models(registry)
+    return 0
+
+
+def _print_models(registry) -> None:
     snapshot = registry.snapshot
     print(f"checkpoints in {registry.checkpoints_dir}:")
     if not snapshot.checkpoints:
@@ -59,7 +76,6 @@ def models(config: Config) -> int:
     for embedding in snapshot.embeddings:
         status = f"skipped: {embedding.skip_reason}" if embedding.skip_reason else "ok"
         print(f"  {embedding.trigger:<32} [{embedding.ti_hash}] {embedding.vectors} x {embedding.width}  {status}")
-    return 0
 
 
 def request_from_args(config: Config, args) -> "GenerationRequest":
@@ -92,53 +108,52 @@ def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:
 
 def generate(config: Config, args, *, progress: Callable[[int, int], None]) -> int:
     """Through the same store and queue as the bot (its own jobs only), then copied to --out."""
-    import asyncio
-
     return asyncio.run(_generate(config, args, progress))
 
 
 async def _generate(config: Config, args, progress) -> int:
-    import shutil
-
     from generation.engine import Engine
     from generation.executor import LocalExecutor
-    from generation.service import GenerationService, JobCanceled, JobFailed, JobFinished, JobProgress, ReplyTarget
-    from storage import open_store
+    from generation.service import GenerationService
 
-    registry = _registry(config)
-    checkpoint = args.checkpoint
-    if checkpoint and Path(checkpoint).exists():
-        from generation.checkpoints import checkpoint_from_path
+    async with _store_and_models(config) as (store, registry):
+        checkpoint = args.checkpoint
+        if checkpoint and Path(checkpoint).exists():
+            from generation.checkpoints import checkpoint_from_path
 
-        checkpoint = registry.add_external(
-            checkpoint_from_path(Path(checkpoint), allow_pickle=config.models.allow_pickle_checkpoints))
-    request = dataclasses.replace(request_from_args(config, args), checkpoint=checkpoint)
-    engine = Engine(config=config, registry=registry)
-    engine.check_request(request)  # fail fast, before opening the database
-    store = await open_store(config.data_dir / "easel.db")
-    executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
-    service = GenerationService(config=config, store=store, engine=engine, executor=executor, frontend_only="cli")
-    try:
-        await service.start()
-        record = await service.submit(request, owner_id=0, target=ReplyTarget(frontend="cli"))
-        async for event in service.subscribe(record.id):
-            if isinstance(event, JobProgress):
-                progress(event.step, event.total)
-            elif isinstance(event, JobFailed):
-                raise EaselError(event.reason)
-            elif isinstance(event, JobCanceled):
-                raise EaselError(event.reason)
-            elif isinstance(event, JobFinished):
-                paths = output_paths(args.out, len(event.images), [image.seed for image in event.images])
-                for image, path in zip(event.images, paths):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(image.path, path)
-                    print(path)
-        return 0
-    finally:
-        await service.stop()
-        executor.shutdown()
-        await store.close()
+            checkpoint = registry.add_external(
+                checkpoint_from_path(Path(checkpoint), allow_pickle=config.models.allow_pickle_checkpoints))
+        request = dataclasses.replace(request_from_args(config, args), checkpoint=checkpoint)
+        engine = Engine(config=config, registry=registry)
+        executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
+        service = GenerationService(config=config, store=store, engine=engine, executor=executor,
+                                    frontend_only="cli")
+        try:
+            return await _run_job(service, request, args.out, progress)
+        finally:
+            await service.stop()
+            executor.shutdown()
+
+
+async def _run_job(service, request, out: Path, progress) -> int:
+    import shutil
+
+    from generation.service import JobCanceled, JobFailed, JobFinished, JobProgress, ReplyTarget
+
+    await service.start()
+    record = await service.submit(request, owner_id=0, target=ReplyTarget(frontend="cli"))
+    async for event in service.subscribe(record.id):
+        if isinstance(event, JobProgress):
+            progress(event.step, event.total)
+        elif isinstance(event, (JobFailed, JobCanceled)):
+            raise EaselError(event.reason)
+        elif isinstance(event, JobFinished):
+            paths = output_paths(out, len(event.images), [image.seed for image in event.images])
+            for image, path in zip(event.images, paths):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(image.path, path)
+                print(path)
+    return 0
 
 
 def run_bot(config: Config) -> int:

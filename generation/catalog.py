@@ -8,11 +8,26 @@ from pathlib import Path
 from .registry import ModelRegistry, ModelSnapshot
 
 
+class StoreHashCache:
+    """The database's file-hash table, for the scanning thread: each call runs on the event loop."""
+
+    def __init__(self, repository, loop: asyncio.AbstractEventLoop):
+        self._repository = repository
+        self._loop = loop
+
+    def get(self, path: Path, size: int, mtime_ns: int) -> str | None:
+        return asyncio.run_coroutine_threadsafe(self._repository.get(path, size, mtime_ns), self._loop).result()
+
+    def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
+        asyncio.run_coroutine_threadsafe(self._repository.put(path, size, mtime_ns, sha256), self._loop).result()
+
+
 async def refresh_models(registry: ModelRegistry, store) -> ModelSnapshot:
-    """Rescan the folders (hashing runs in a thread) and mirror the result into the store."""
+    """Rescan the folders in a thread (hashes cached in the database) and mirror the result into the store."""
     from storage.records import CheckpointRecord, EmbeddingRecord
 
-    snapshot = await asyncio.to_thread(registry.refresh)
+    hash_cache = StoreHashCache(store.hash_cache, asyncio.get_running_loop())
+    snapshot = await asyncio.to_thread(registry.refresh, hash_cache=hash_cache)
     await store.checkpoints.sync([
         CheckpointRecord(name=c.name, path=c.path, format=c.format, architecture=c.architecture, sha256=c.sha256,
                          short_hash=c.short_hash, size=c.size, mtime=c.mtime_ns / 1e9 if c.mtime_ns else None,

@@ -23,7 +23,7 @@ from PIL import Image
 from . import __version__
 from .config import Config
 from .embeddings import EmbeddingInfo, ensure_loaded, triggers_in
-from .errors import Canceled, EaselError, InvalidRequest
+from .errors import Canceled, InvalidRequest
 from .images import load_user_image
 from .infotext import format_infotext
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
@@ -221,8 +221,6 @@ class _BatchRun:
             callback_on_step_end=self._on_step_end,
             callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
         )
-        if self.choice.sampler in ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DDIM"):
-            pass  # eta: diffusers' defaults match A1111 (ancestral noise 1.0, DDIM 0.0)
         if request.mode == "txt2img":
             kwargs.update(width=request.width, height=request.height)
         else:
@@ -286,4 +284,4 @@ class _BatchRun:
         return results
 
 
-__all__ = ["BatchItem", "CancelToken", "Engine", "GeneratedImage", "StepProgress", "batch_key", "EaselError"]
+__all__ = ["BatchItem", "CancelToken", "Engine", "GeneratedImage", "StepProgress", "batch_key"]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -15,32 +12,6 @@ _CHUNK = 1 << 20
 class HashCache(Protocol):
     def get(self, path: Path, size: int, mtime_ns: int) -> str | None: ...
     def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None: ...
-
-
-class JsonHashCache:
-    """A small JSON file of known hashes; good enough for a few hundred model files."""
-
-    def __init__(self, path: Path):
-        self._path = path
-        self._lock = threading.Lock()
-        try:
-            self._entries: dict[str, list] = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            self._entries = {}
-
-    def get(self, path: Path, size: int, mtime_ns: int) -> str | None:
-        entry = self._entries.get(str(path))
-        if entry and entry[0] == size and entry[1] == mtime_ns:
-            return entry[2]
-        return None
-
-    def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
-        with self._lock:
-            self._entries[str(path)] = [size, mtime_ns, sha256]
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._entries, indent=0, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self._path)
 
 
 class MemoryHashCache:

@@ -44,11 +44,13 @@ class ModelRegistry:
     def snapshot(self) -> ModelSnapshot:
         return self._snapshot
 
-    def refresh(self) -> ModelSnapshot:
-        checkpoints, skipped = scan_checkpoints(self.checkpoints_dir, allow_pickle=self._allow_pickle, hash_cache=self._hash_cache)
+    def refresh(self, *, hash_cache: HashCache | None = None) -> ModelSnapshot:
+        """Rescan both folders; `hash_cache` (else the registry's own) spares rehashing unchanged files."""
+        hash_cache = hash_cache or self._hash_cache
+        checkpoints, skipped = scan_checkpoints(self.checkpoints_dir, allow_pickle=self._allow_pickle, hash_cache=hash_cache)
         default = self._default_of(checkpoints)
         width = TEXT_ENCODER_WIDTH.get(default.architecture) if default else None
-        embeddings = scan_embeddings(self.embeddings_dir, expected_width=width, hash_cache=self._hash_cache)
+        embeddings = scan_embeddings(self.embeddings_dir, expected_width=width, hash_cache=hash_cache)
         self._snapshot = ModelSnapshot(tuple(checkpoints), tuple(skipped), tuple(embeddings))
         return self._snapshot
 

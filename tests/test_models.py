@@ -15,7 +15,7 @@ from generation.catalog import refresh_models
 from generation.checkpoints import safe_child, scan_checkpoints
 from generation.engine import Engine
 from generation.errors import ModelNotFound
-from generation.hashing import JsonHashCache, MemoryHashCache, sha256_file
+from generation.hashing import MemoryHashCache, sha256_file
 from generation.pipelines import DeviceSpec, PipelineCache
 from generation.registry import ModelRegistry
 from generation.testing import build_tiny_pipeline, ldm_state_dict
@@ -88,18 +88,26 @@ def test_names_from_users_never_leave_their_folder(tmp_path, registry):
             registry.resolve(bad)
 
 
-def test_hashes_are_cached_by_path_size_and_mtime(tmp_path):
+async def test_hashes_are_cached_by_path_size_and_mtime(tmp_path):
+    import asyncio
+
+    from generation.catalog import StoreHashCache
+    from storage import open_store
+
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"x" * 1000)
-    cache = JsonHashCache(tmp_path / "hashes.json")
-    first = sha256_file(path, cache)
-    reloaded = JsonHashCache(tmp_path / "hashes.json")
-    stat = path.stat()
-    assert reloaded.get(path, stat.st_size, stat.st_mtime_ns) == first
-    reloaded.put(path, stat.st_size, stat.st_mtime_ns, "cached-value")
-    assert sha256_file(path, reloaded) == "cached-value"  # not recomputed
-    path.write_bytes(b"y" * 1001)  # changed: size and mtime differ, so it is hashed again
-    assert sha256_file(path, reloaded) == hashlib.sha256(b"y" * 1001).hexdigest()
+    store = await open_store(tmp_path / "easel.db")
+    try:
+        cache = StoreHashCache(store.hash_cache, asyncio.get_running_loop())
+        first = await asyncio.to_thread(sha256_file, path, cache)  # scans hash in a thread, as refresh does
+        stat = path.stat()
+        assert await store.hash_cache.get(path, stat.st_size, stat.st_mtime_ns) == first
+        await store.hash_cache.put(path, stat.st_size, stat.st_mtime_ns, "cached-value")
+        assert await asyncio.to_thread(sha256_file, path, cache) == "cached-value"  # not recomputed
+        path.write_bytes(b"y" * 1001)  # changed: size and mtime differ, so it is hashed again
+        assert await asyncio.to_thread(sha256_file, path, cache) == hashlib.sha256(b"y" * 1001).hexdigest()
+    finally:
+        await store.close()
 
 
 def test_pipeline_cache_is_a_bounded_lru(registry):
