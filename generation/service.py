@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from .config import Config
-from .engine import BatchItem, CancelToken, Engine
+from .engine import BatchItem, Engine
 from .errors import EaselError
 from .executor import Executor, ItemCanceled, ItemFailed, ItemFinished, ItemProgress
 from .infotext import png_with_infotext
@@ -129,7 +129,7 @@ class GenerationService:
         self._subscriptions: set[Subscription] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._running: dict[int, CancelToken] = {}
+        self._running: set[int] = set()  # started jobs of the batch on the executor
         self._busy = False  # a batch was picked and is not over yet
         self._picked: set[int] = set()  # the jobs of that batch (no longer queued, maybe not started yet)
         self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
@@ -292,9 +292,8 @@ class GenerationService:
             if not await self.store.jobs.start(job.job_id):
                 continue  # canceled between pick and start
             record = await self.store.jobs.get(job.job_id)
-            token = CancelToken()
-            self._running[job.job_id] = token
-            items.append(BatchItem(key=job.job_id, request=GenerationRequest.from_dict(record.request), cancel=token))
+            self._running.add(job.job_id)
+            items.append(BatchItem(key=job.job_id, request=GenerationRequest.from_dict(record.request)))
             self._announce(JobStarted(job.job_id))
         self._publish_positions()
         try:
@@ -320,7 +319,7 @@ class GenerationService:
                             self._announce(JobCanceled(event.key, event.reason))
         finally:
             for item in items:
-                self._running.pop(item.key, None)
+                self._running.discard(item.key)
 
     def _finish_done(self, task: asyncio.Task) -> None:
         self._finishing.discard(task)
