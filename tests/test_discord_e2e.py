@@ -178,7 +178,7 @@ async def test_a_result_finished_while_the_bot_was_away_is_delivered_once_on_sta
             interaction = await fake.invoke_command("imagine", {"prompt": "a lonely cat", "steps": 2},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
             await interaction.wait_until_acknowledged()
-            for _ in range(200):  # the job row appears right after the defer
+            for _ in range(1000):  # the job row appears right after the defer
                 if await env.app.store.jobs.get(1):
                     break
                 await asyncio.sleep(0.02)

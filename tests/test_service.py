@@ -231,7 +231,7 @@ async def test_positions_move_up_as_soon_as_a_batch_is_picked(make_service):
     second = await service.submit(tiny_request(seed=2), owner_id=1)
     assert (service.position(first.id), service.position(second.id)) == (1, 2)
     await service.start()
-    for _ in range(100):
+    for _ in range(1000):
         if service.position(second.id) == 1:
             break
         await asyncio.sleep(0.01)
