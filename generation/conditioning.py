@@ -39,6 +39,7 @@ __all__ = [
     "PromptEncoder",
     "TokenizedText",
     "make_step_callback",
+    "pad_chunks",
     "replace_for_step",
     "stack_at",
     "stack_negative_at",
@@ -405,8 +406,14 @@ def _stack(schedules: Sequence[ConditioningSchedule],
            pick: Callable[[ConditioningSchedule], torch.Tensor]) -> torch.Tensor:
     if not schedules:
         raise ValueError("no schedules to stack")
-    chunks = max(schedule.chunk_count for schedule in schedules)
-    return torch.cat([_pad(pick(schedule), chunks, schedule.empty_chunk) for schedule in schedules])
+    return pad_chunks([pick(schedule) for schedule in schedules], schedules[0].empty_chunk)
+
+
+def pad_chunks(tensors: Sequence[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """[1, 77*n_i, dim] encodings (all from one text encoder) stacked into [len, 77*max(n), dim],
+    the shorter ones padded with the empty prompt's chunk."""
+    chunks = max(_chunks_of(tensor) for tensor in tensors)
+    return torch.cat([_pad(tensor, chunks, empty) for tensor in tensors])
 
 
 def stack_at(schedules: Sequence[ConditioningSchedule], step_index: int) -> torch.Tensor:

@@ -57,6 +57,7 @@ class LimitsConfig:
     max_count: int = 4
     max_cfg_scale: float = 30.0
     max_prompt_chunks: int = 6
+    max_prompt_parts: int = 4
     max_clip_skip: int = 12
 
 
@@ -169,6 +170,8 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[defaults] clip_skip must be within 1-[limits] max_clip_skip")
     if lim.max_prompt_chunks < 1:
         problems.append("[limits] max_prompt_chunks must be at least 1")
+    if lim.max_prompt_parts < 1:
+        problems.append("[limits] max_prompt_parts must be at least 1")
     if config.models.pipeline_cache_size < 1:
         problems.append("[models] pipeline_cache_size must be at least 1")
     if config.previews.every_n_steps < 1:

@@ -8,6 +8,7 @@ executor's worker owns the GPU).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -28,6 +29,7 @@ from .images import load_user_image
 from .infotext import format_infotext
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
 from .previews import latents_to_preview
+from .prompt_parser import prompt_parts, prompt_schedule
 from .registry import ModelRegistry
 from .requests import GenerationRequest, validate_request
 from .samplers import make_scheduler, resolve_sampler
@@ -113,9 +115,13 @@ class Engine:
         for embedding in self.embeddings_used(request):
             if not embedding.usable:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
+        parts, max_parts = len(prompt_parts(request.prompt)), self.config.limits.max_prompt_parts
+        if parts > max_parts:
+            problems.append(f"the prompt has {parts} parts joined by AND; the limit is {max_parts}")
         limit = self.config.limits.max_prompt_chunks * 75
-        for what, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
-            tokens = self.token_count(text, steps=request.steps) if text else 0
+        for what, tokens in (("prompt", self.token_count(request.prompt, steps=request.steps)),
+                             ("negative prompt", self._token_counter.token_count(request.negative_prompt,
+                                                                                 steps=request.steps))):
             if tokens > limit:
                 problems.append(f"the {what} is {tokens} tokens; the limit is {limit}")
         if problems:
@@ -132,8 +138,9 @@ class Engine:
         return PromptEncoder(sd_clip_tokenizer(), text_encoder, max_chunks=self.config.limits.max_prompt_chunks)
 
     def token_count(self, prompt: str, *, steps: int = 20) -> int:
-        """Tokens as A1111 counts them under a prompt (75 per chunk), with the SD CLIP tokenizer."""
-        return self._token_counter.token_count(prompt, steps=steps)
+        """Tokens as A1111 counts them under a prompt (75 per chunk; the longest AND-part), with the
+        SD CLIP tokenizer."""
+        return max(self._token_counter.token_count(text, steps=steps) for text, _ in prompt_parts(prompt))
 
     def embeddings_used(self, request: GenerationRequest) -> list[EmbeddingInfo]:
         return triggers_in(request.prompt + "\n" + request.negative_prompt, self.registry.embeddings)
@@ -142,10 +149,8 @@ class Engine:
         return batch_key(request, self.registry.resolve(request.checkpoint).name, self.prompt_chunks(request))
 
     def prompt_chunks(self, request: GenerationRequest) -> int:
-        """How many 77-token chunks the request's conditioning has (prompt and negative are padded alike)."""
-        from .prompt_parser import prompt_schedule
-
-        texts = {text for _, text in prompt_schedule(request.prompt, request.steps)}
+        """How many 77-token chunks the request's conditioning has (prompt parts and negative are padded alike)."""
+        texts = {text for part, _ in prompt_parts(request.prompt) for _, text in prompt_schedule(part, request.steps)}
         texts |= {text for _, text in prompt_schedule(request.negative_prompt, request.steps)} if request.negative_prompt else set()
         return max([1] + [len(self._token_counter.tokenize(text).chunks) for text in texts])
 
@@ -199,6 +204,7 @@ class _BatchRun:
         self.seeds = [seed for item in items for seed in item.request.seeds()]
         self.owner = [index for index, item in enumerate(items) for _ in range(item.request.count)]
         self.every = engine.config.previews.every_n_steps
+        self.guidance = None  # ComposableGuidance while a composable batch runs
 
     def run(self) -> dict[Hashable, list[GeneratedImage] | None]:
         from .batch_conditioning import BatchConditioning
@@ -232,9 +238,17 @@ class _BatchRun:
                 kwargs.update(width=request.width, height=request.height)
                 kwargs["mask_image"] = [load_user_image(Path(self.items[i].request.mask), max_pixels=limit)
                                         .convert("L").resize((request.width, request.height), Image.LANCZOS) for i in self.owner]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._guidance_attached():
             output = pipe(**kwargs)
         return self._split(output.images)
+
+    def _guidance_attached(self):
+        if not self.conditioning.is_composable:
+            return contextlib.nullcontext()
+        from .composable import ComposableGuidance
+
+        self.guidance = ComposableGuidance(self.conditioning)
+        return self.guidance.attached(self.pipe.unet)
 
     def _on_step_end(self, pipe, step_index: int, timestep, tensors: dict) -> dict:
         if all(item.cancel.canceled for item in self.items):
@@ -255,6 +269,8 @@ class _BatchRun:
                     self.on_progress(item.key, StepProgress(step=done, total=total, preview=preview))
                 except Exception:  # a frontend's bug must not kill the batch
                     log.exception("progress callback failed")
+        if self.guidance is not None:
+            self.guidance.step_index = step_index + 1
         replacement = self.conditioning.replacement_for(step_index, tensors.get("prompt_embeds"))
         return {"prompt_embeds": replacement} if replacement is not None else {}
 

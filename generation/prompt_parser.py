@@ -25,6 +25,7 @@ __all__ = [
     "BREAK",
     "parse_attention",
     "prompt_schedule",
+    "prompt_parts",
     "split_and",
 ]
 
@@ -439,4 +440,13 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
         assert match is not None  # the pattern matches any string
         text, weight = match.groups()
         parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts
+
+
+def prompt_parts(prompt: str) -> list[tuple[str, float]]:
+    """The composable parts a prompt is sampled with: `split_and`, except that a prompt with one
+    part of weight 1 comes back exactly as written (plain classifier-free guidance)."""
+    parts = split_and(prompt)
+    if len(parts) == 1 and parts[0][1] == 1.0:
+        return [(prompt, 1.0)]
     return parts

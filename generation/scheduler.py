@@ -37,12 +37,16 @@ __all__ = [
 ]
 
 
-def job_cost(width: int, height: int, steps: int, count: int) -> int:
-    """The work a job asks for, in pixel-steps: what fairness is measured in."""
-    for name, value in (("width", width), ("height", height), ("steps", steps), ("count", count)):
+def job_cost(width: int, height: int, steps: int, count: int, *, prompt_parts: int = 1) -> int:
+    """The work a job asks for, in pixel-steps: what fairness is measured in.
+
+    A step evaluates the UNet once for the negative prompt and once per composable prompt part, so a
+    prompt with `prompt_parts` AND-parts costs (1 + parts) / 2 times a plain one."""
+    for name, value in (("width", width), ("height", height), ("steps", steps), ("count", count),
+                        ("prompt_parts", prompt_parts)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    return width * height * steps * count
+    return width * height * steps * count * (1 + prompt_parts) // 2
 
 
 @dataclass(frozen=True, kw_only=True)

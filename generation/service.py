@@ -21,6 +21,7 @@ from .errors import EaselError
 from .executor import Executor, ItemCanceled, ItemFailed, ItemFinished, ItemProgress
 from .infotext import png_with_infotext
 from .previews import preview_png
+from .prompt_parser import prompt_parts
 from .requests import GenerationRequest
 from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy, job_cost
 
@@ -168,7 +169,8 @@ class GenerationService:
         key = repr(self.engine.batch_key(request))
         record = await self.store.jobs.create(
             owner_id=owner_id, request=request.to_dict(), checkpoint=self.engine.registry.resolve(request.checkpoint).name,
-            batch_key=key, cost=job_cost(request.width, request.height, request.steps, request.count),
+            batch_key=key, cost=job_cost(request.width, request.height, request.steps, request.count,
+                                                       prompt_parts=len(prompt_parts(request.prompt))),
             frontend=target.frontend, guild_id=target.guild_id, channel_id=target.channel_id,
             application_id=target.application_id, interaction_token=target.interaction_token,
             interaction_created_at=target.interaction_created_at,

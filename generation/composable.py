@@ -1,0 +1,71 @@
+"""A1111's composable diffusion (`a cat AND a dog:0.5`) around a diffusers pipeline's UNet.
+
+The pipeline runs as usual, given each image's first part. Two hooks widen every UNet call so
+that it evaluates the negative prompt and every part of every image, then hand the pipeline one
+prediction per image: ``uncond + sum_i w_i (cond_i - uncond)``. The pipeline's own guidance turns
+that into ``uncond + cfg * sum_i w_i (cond_i - uncond)``, which is A1111's `combine_denoised`.
+(The combination is linear, so it is the same in epsilon, v and x0 space.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from .batch_conditioning import BatchConditioning
+
+
+class ComposableGuidance:
+    def __init__(self, conditioning: BatchConditioning):
+        self.conditioning = conditioning
+        self.step_index = 0  # the sampling step the next UNet call belongs to; the step callback moves it
+        self._rows = torch.tensor([image for image, parts in enumerate(conditioning.parts) for _ in parts])
+        self._weights = torch.tensor([part.weight for parts in conditioning.parts for part in parts])
+        self._guided: bool | None = None
+
+    @contextlib.contextmanager
+    def attached(self, unet: torch.nn.Module) -> Iterator[None]:
+        widen = unet.register_forward_pre_hook(self._widen, with_kwargs=True)
+        combine = unet.register_forward_hook(self._combine, with_kwargs=True)
+        try:
+            yield
+        finally:
+            widen.remove()
+            combine.remove()
+
+    def _widen(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        args = list(args)
+        sample = args[0] if args else kwargs["sample"]
+        images = len(self.conditioning.parts)
+        if sample.shape[0] not in (images, 2 * images):
+            raise ValueError(f"the UNet got {sample.shape[0]} rows for {images} images")
+        if kwargs.get("added_cond_kwargs"):
+            raise ValueError("composable prompts support SD 1.x/2.x UNets only")
+        # With classifier-free guidance the pipeline sends [uncond rows; cond rows] of the same latents.
+        self._guided = sample.shape[0] == 2 * images
+        rows = self._rows.to(sample.device)
+        latents = sample[images:] if self._guided else sample
+        wide = torch.cat([latents, latents[rows]])
+        states = self.conditioning.composable_states_at(self.step_index).to(sample.device, sample.dtype)
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
+            per_image = timestep[images:] if self._guided else timestep
+            timestep = torch.cat([per_image, per_image[rows]])
+        for position, name, value in ((0, "sample", wide), (1, "timestep", timestep), (2, "encoder_hidden_states", states)):
+            if len(args) > position:
+                args[position] = value
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
+
+    def _combine(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        prediction = output[0] if isinstance(output, tuple) else output.sample
+        images = len(self.conditioning.parts)
+        uncond, conds = prediction[:images], prediction[images:]
+        rows = self._rows.to(prediction.device)
+        weights = self._weights.to(prediction.device, prediction.dtype).view(-1, *[1] * (prediction.dim() - 1))
+        combined = uncond.index_add(0, rows, weights * (conds - uncond[rows]))
+        result = torch.cat([uncond, combined]) if self._guided else combined
+        return (result,) if isinstance(output, tuple) else type(output)(sample=result)
