@@ -9,7 +9,6 @@ executor's worker owns the GPU).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import warnings
@@ -100,6 +99,7 @@ class Engine:
     def __init__(self, *, config: Config, registry: ModelRegistry, cache: PipelineCache | None = None):
         self.config = config
         self.registry = registry
+        self._counters: dict[tuple, object] = {}
         self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
                                             device=DeviceSpec.choose(config.device.device))
 
@@ -128,14 +128,24 @@ class Engine:
             raise InvalidRequest(problems)
         return request
 
-    @functools.cached_property
+    @property
     def _token_counter(self):
+        """A PromptEncoder that only counts: the SD tokenizer with every usable embedding's tokens
+        added as textual inversion adds them, so a trigger counts as its vectors (as in A1111)."""
         from .architectures import sd_clip_tokenizer
         from .conditioning import PromptEncoder
 
-        # Counting needs only the tokenizer; the encoder object is asked just for its layer count.
-        text_encoder = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=12))
-        return PromptEncoder(sd_clip_tokenizer(), text_encoder, max_chunks=self.config.limits.max_prompt_chunks)
+        embeddings = tuple((e.trigger, e.vectors) for e in self.registry.embeddings if e.usable)
+        counter = self._counters.get(embeddings)
+        if counter is None:
+            tokenizer = sd_clip_tokenizer()
+            tokenizer.add_tokens([name for trigger, vectors in embeddings
+                                  for name in [trigger] + [f"{trigger}_{i}" for i in range(1, vectors)]])
+            # Counting needs only the tokenizer; the encoder object is asked just for its layer count.
+            text_encoder = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=12))
+            counter = PromptEncoder(tokenizer, text_encoder, max_chunks=self.config.limits.max_prompt_chunks)
+            self._counters = {embeddings: counter}  # one set of embeddings at a time; rebuilt after a refresh
+        return counter
 
     def token_count(self, prompt: str, *, steps: int = 20) -> int:
         """Tokens as A1111 counts them under a prompt (75 per chunk; the longest AND-part), with the

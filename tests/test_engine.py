@@ -281,3 +281,17 @@ def test_img2img_and_inpaint_reuse_the_loaded_modules(engine, registry):
         derived = loaded.pipeline_for(mode)
         assert derived is not loaded.base and derived is loaded.pipeline_for(mode)
         assert derived.unet is loaded.base.unet and derived.text_encoder is loaded.base.text_encoder
+
+
+def test_token_counts_see_multi_vector_embeddings_as_the_loaded_tokenizer_does(engine, registry):
+    from generation.conditioning import PromptEncoder
+
+    engine.generate(tiny_request(prompt="a1111pt"))  # loads the 2-vector embedding into the pipeline
+    loaded = engine.cache.get(registry.resolve("tiny")).base
+    truth = PromptEncoder(loaded.tokenizer, loaded.text_encoder, max_chunks=6)
+    assert engine.token_count("a cat a1111pt") == engine.token_count("a cat") + 2
+    # around the 75-token boundary; at 74 the 2 vectors do not fit and move whole to a new chunk, as in A1111
+    for cats, tokens, chunks in ((72, 74, 1), (73, 75, 1), (74, 77, 2)):
+        prompt = "cat " * cats + "a1111pt"
+        assert engine.token_count(prompt) == truth.token_count(prompt) == tokens
+        assert engine.prompt_chunks(tiny_request(prompt=prompt)) == len(truth.tokenize(prompt).chunks) == chunks
