@@ -39,15 +39,25 @@ class SkippedFile:
 
 
 def folder_architecture(folder: Path) -> str:
-    """Architecture of a diffusers folder from its configs (no weights are read)."""
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    if "XL" in str(index.get("_class_name", "")):
-        return "sdxl"
-    try:
-        text = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "unknown"
-    return {768: "sd1", 1024: "sd2", 32: "tiny-sd1"}.get(text.get("hidden_size"), "unknown")
+    """Architecture of a diffusers folder from its configs (no weights are read): the pipeline
+    class, the text encoders' widths and, for SD 2.x, the scheduler's prediction type."""
+    from .architectures import ARCHITECTURES
+
+    def config(part: str) -> dict:
+        try:
+            return json.loads((folder / part).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    xl = "XL" in str(config("model_index.json").get("_class_name", ""))
+    widths = tuple(width for width in (config(f"{part}/config.json").get("hidden_size")
+                                       for part in ("text_encoder", "text_encoder_2")) if width)
+    found = [spec.name for spec in ARCHITECTURES.values()
+             if spec.text_widths == widths and (spec.family == "sdxl") == xl]
+    if {"sd2", "sd2-base"} <= set(found):  # a folder, unlike a single file, says what it predicts
+        v_prediction = config("scheduler/scheduler_config.json").get("prediction_type") == "v_prediction"
+        return "sd2" if v_prediction else "sd2-base"
+    return found[0] if len(found) == 1 else ("sdxl" if xl else "unknown")
 
 
 def scan_checkpoints(folder: Path, *, allow_pickle: bool, hash_cache: HashCache | None = None) -> tuple[list[CheckpointInfo], list[SkippedFile]]:

@@ -1,4 +1,4 @@
-"""A1111's composable diffusion (`a cat AND a dog:0.5`) around a diffusers pipeline's UNet.
+"""A1111's composable diffusion (`a cat AND a dog:0.5`) around a diffusers SD or SDXL pipeline's UNet.
 
 The pipeline runs as usual, given each image's first part. Two hooks widen every UNet call so
 that it evaluates the negative prompt and every part of every image, then hand the pipeline one
@@ -41,8 +41,9 @@ class ComposableGuidance:
         images = len(self.conditioning.parts)
         if sample.shape[0] not in (images, 2 * images):
             raise ValueError(f"the UNet got {sample.shape[0]} rows for {images} images")
-        if kwargs.get("added_cond_kwargs"):
-            raise ValueError("composable prompts support SD 1.x/2.x UNets only")
+        added = kwargs.get("added_cond_kwargs")
+        if added and set(added) != {"text_embeds", "time_ids"}:
+            raise ValueError(f"composable prompts cannot widen {sorted(added)}")
         # With classifier-free guidance the pipeline sends [uncond rows; cond rows] of the same latents.
         self._guided = sample.shape[0] == 2 * images
         rows = self._rows.to(sample.device)
@@ -53,6 +54,12 @@ class ComposableGuidance:
         if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
             per_image = timestep[images:] if self._guided else timestep
             timestep = torch.cat([per_image, per_image[rows]])
+        if added:  # SDXL: the pooled embedding goes with each row's prompt; the size ids are the image's
+            time_ids = added["time_ids"][images:] if self._guided else added["time_ids"]
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": self.conditioning.composable_pooled_at(self.step_index).to(sample.device, sample.dtype),
+                "time_ids": torch.cat([time_ids, time_ids[rows]]),
+            }
         for position, name, value in ((0, "sample", wide), (1, "timestep", timestep), (2, "encoder_hidden_states", states)):
             if len(args) > position:
                 args[position] = value

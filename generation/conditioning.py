@@ -1,4 +1,4 @@
-"""Text conditioning with AUTOMATIC1111's rules, for diffusers SD-1.x / SD-2.x text encoders.
+"""Text conditioning with AUTOMATIC1111's rules, for diffusers SD-1.x / SD-2.x / SDXL text encoders.
 
 What this reproduces (A1111 v1.10, "Original" emphasis):
 
@@ -11,7 +11,11 @@ What this reproduces (A1111 v1.10, "Original" emphasis):
 - emphasis multiplies each token's embedding by its weight, then rescales so the mean over the
   chunk equals the unweighted mean. Like A1111, the mean is taken over all texts of one prompt's
   schedule together (A1111 encodes them as one batch), counting each schedule entry once;
-- clip skip N > 1 takes the hidden state N layers from the end, then the final layer norm.
+- clip skip N > 1 takes the hidden state N layers from the end, then the final layer norm;
+- SDXL: each chunk goes through both text encoders (penultimate layer, no final norm, as A1111 and
+  diffusers do; clip skip N moves both N-1 layers further back), emphasis is applied to each
+  encoder's output on its own, the two are concatenated, and the pooled embedding is the second
+  encoder's projection of the first chunk, unweighted. An empty negative prompt is all zeros.
 
 Prompt editing and alternation (`prompt_schedule`) give one encoding per distinct text; a
 `ConditioningSchedule` hands out the right one for each sampling step, all padded with empty-prompt
@@ -140,7 +144,8 @@ def _units(ids: list[int], groups: dict[int, tuple[int, ...]]) -> list[tuple[int
 
 
 class PromptEncoder:
-    """Encodes prompts for one SD-1.x / SD-2.x tokenizer + CLIP text encoder pair.
+    """Encodes prompts for one SD-1.x / SD-2.x tokenizer + CLIP text encoder pair, or SDXL's two
+    (`text_encoder_2` and `tokenizer_2` given; the tokenizers split text alike and differ in padding).
 
     Cheap to create (one per request is fine). Textual-inversion embeddings must already be loaded
     into the tokenizer and text encoder (diffusers' `load_textual_inversion`); their trigger words
@@ -148,7 +153,8 @@ class PromptEncoder:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, *, max_chunks: int,
-                 clip_skip: int = 1, comma_backtrack: int = COMMA_BACKTRACK):
+                 clip_skip: int = 1, comma_backtrack: int = COMMA_BACKTRACK,
+                 tokenizer_2: PreTrainedTokenizerBase | None = None, text_encoder_2: PreTrainedModel | None = None):
         from diffusers.loaders import TextualInversionLoaderMixin
 
         layers = text_encoder.config.num_hidden_layers
@@ -166,7 +172,11 @@ class PromptEncoder:
         self._ti_converter = TextualInversionLoaderMixin()
         self._bos = tokenizer.bos_token_id
         self._eos = tokenizer.eos_token_id
-        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad = _pad_id(tokenizer)
+        self.text_encoder_2 = text_encoder_2
+        self._pad_2 = _pad_id(tokenizer_2) if tokenizer_2 is not None else None
+        if (tokenizer_2 is None) != (text_encoder_2 is None):
+            raise ValueError("SDXL needs both tokenizer_2 and text_encoder_2")
         # convert_tokens_to_ids, not get_vocab(): copying the 49k-entry vocabulary costs ~20 ms per request.
         comma = tokenizer.convert_tokens_to_ids(",</w>")
         self._comma = None if comma is None or comma == tokenizer.unk_token_id else comma
@@ -204,16 +214,42 @@ class PromptEncoder:
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def _run_encoder(self, chunks: list[PromptChunk]) -> torch.Tensor:
-        """[len(chunks), 77, dim] float32 hidden states, before emphasis."""
-        device = self.text_encoder.device
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def _padded_ids(self, chunks: list[PromptChunk], pad: int) -> list[list[int]]:
         rows = []
         for chunk in chunks:
             ids = list(chunk.token_ids)
-            if self._pad != self._eos:  # SD-2: pad after the first EOS with the pad token
+            if pad != self._eos:  # SD-2, SDXL's second encoder: pad after the first EOS with the pad token
                 first_eos = ids.index(self._eos)
-                ids[first_eos + 1:] = [self._pad] * (len(ids) - first_eos - 1)
+                ids[first_eos + 1:] = [pad] * (len(ids) - first_eos - 1)
             rows.append(ids)
+        return rows
+
+    def _run_encoder(self, chunks: list[PromptChunk]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Per text encoder, [len(chunks), 77, dim] float32 hidden states before emphasis; and for
+        SDXL the pooled projections [len(chunks), proj] (else None)."""
+        if not self.is_sdxl:
+            return [self._run_one_encoder(self._padded_ids(chunks, self._pad))], None
+        first = self._run_sdxl_encoder(self.text_encoder, self._padded_ids(chunks, self._pad))[0]
+        second, pooled = self._run_sdxl_encoder(self.text_encoder_2, self._padded_ids(chunks, self._pad_2))
+        return [first, second], pooled
+
+    def _run_sdxl_encoder(self, encoder: PreTrainedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, pooled = [], []
+        with torch.no_grad():
+            for start in range(0, len(rows), _ENCODER_BATCH):
+                input_ids = torch.tensor(rows[start:start + _ENCODER_BATCH], dtype=torch.long, device=encoder.device)
+                result = encoder(input_ids=input_ids, output_hidden_states=True)
+                hidden.append(result.hidden_states[-(self.clip_skip + 1)].float())
+                if getattr(result, "text_embeds", None) is not None:
+                    pooled.append(result.text_embeds.float())
+        return torch.cat(hidden), (torch.cat(pooled) if pooled else None)
+
+    def _run_one_encoder(self, rows: list[list[int]]) -> torch.Tensor:
+        device = self.text_encoder.device
         outputs = []
         with torch.no_grad():
             for start in range(0, len(rows), _ENCODER_BATCH):
@@ -232,9 +268,10 @@ class PromptEncoder:
     def _empty_chunk_ids(self) -> PromptChunk:
         return _ChunkBuilder(bos=self._bos, eos=self._eos, comma=None, backtrack=0).finish().chunks[0]
 
-    def _encode_texts(self, counts: Mapping[str, int], what: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _encode_texts(self, counts: Mapping[str, int], what: str) -> _EncodedTexts:
         """Encodings ([chunks*77, dim], encoder dtype) of the distinct texts of one schedule, all
-        with the schedule's longest chunk count, plus the empty chunk ([77, dim]) used for padding.
+        with the schedule's longest chunk count, plus the empty chunk ([77, dim]) used for padding
+        and, for SDXL, each text's pooled embedding ([1, proj]).
 
         `counts`: how many schedule entries use each text, which weights the emphasis mean as
         A1111's batch of one entry per schedule step does."""
@@ -254,55 +291,75 @@ class PromptEncoder:
                 else:
                     rows.append(0)
             row_of[text] = rows
-        hidden = self._run_encoder(all_chunks)
-        device = hidden.device
+        hiddens, pooled = self._run_encoder(all_chunks)
+        device = hiddens[0].device
 
         texts = list(tokenized)
         weights = torch.tensor([counts[text] for text in texts], dtype=torch.float32, device=device)
         per_chunk: dict[str, list[torch.Tensor]] = {text: [] for text in texts}
         for index in range(chunk_count):
             rows = [row_of[text][index] for text in texts]
-            z = hidden[rows]  # [texts, 77, dim]
             multipliers = torch.tensor([all_chunks[row].multipliers for row in rows],
                                        dtype=torch.float32, device=device)
-            if bool((multipliers != 1.0).any()):
-                z = _emphasize(z, multipliers, weights)
+            emphasized = bool((multipliers != 1.0).any())
+            # each encoder's output gets its own emphasis (A1111 weights each SDXL embedder alone)
+            z = torch.cat([_emphasize(hidden[rows], multipliers, weights) if emphasized else hidden[rows]
+                           for hidden in hiddens], dim=-1)  # [texts, 77, dim]
             for text, text_z in zip(texts, z):
                 per_chunk[text].append(text_z)
         dtype = self.text_encoder.dtype
-        encoded = {text: torch.cat(parts).to(dtype) for text, parts in per_chunk.items()}
-        return encoded, hidden[0].to(dtype)
+        return _EncodedTexts(
+            embeds={text: torch.cat(parts).to(dtype) for text, parts in per_chunk.items()},
+            empty=torch.cat([hidden[0] for hidden in hiddens], dim=-1).to(dtype),
+            pooled=None if pooled is None else {text: pooled[row_of[text][0]][None].to(dtype) for text in texts},
+        )
 
     def encode(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds, negative_prompt_embeds), each [1, 77*n, dim] with the same n.
 
         The texts are used as they are: prompt-editing syntax is not expanded (use
         `encode_schedule` for that)."""
-        positive, empty = self._encode_texts({prompt: 1}, "prompt")
-        negative_encoded, _ = self._encode_texts({negative: 1}, "negative prompt")
-        chunks = max(_chunks_of(positive[prompt]), _chunks_of(negative_encoded[negative]))
-        return (_pad(positive[prompt], chunks, empty)[None],
-                _pad(negative_encoded[negative], chunks, empty)[None])
+        schedule = self.encode_schedule(prompt, negative, 1, parse=False)
+        return schedule.embeds[0], schedule.negative_embeds[0]
 
-    def encode_schedule(self, prompt: str, negative: str, steps: int) -> ConditioningSchedule:
+    def encode_schedule(self, prompt: str, negative: str, steps: int, *, parse: bool = True) -> ConditioningSchedule:
         """Encodings for every step of a `steps`-step run, with prompt editing and alternation
-        (in the negative prompt too, as A1111 does)."""
-        prompt_entries = prompt_schedule(prompt, steps)
-        negative_entries = prompt_schedule(negative, steps)
-        positive, empty = self._encode_texts(Counter(text for _, text in prompt_entries), "prompt")
-        negatives, _ = self._encode_texts(Counter(text for _, text in negative_entries), "negative prompt")
-        chunks = max(_chunks_of(next(iter(positive.values()))), _chunks_of(next(iter(negatives.values()))))
-        positive = {text: _pad(z, chunks, empty)[None] for text, z in positive.items()}
-        negatives = {text: _pad(z, chunks, empty)[None] for text, z in negatives.items()}
+        (in the negative prompt too, as A1111 does); `parse=False` takes both texts as they are."""
+        prompt_entries = prompt_schedule(prompt, steps) if parse else [(steps, prompt)]
+        negative_entries = prompt_schedule(negative, steps) if parse else [(steps, negative)]
+        positive = self._encode_texts(Counter(text for _, text in prompt_entries), "prompt")
+        negatives = self._encode_texts(Counter(text for _, text in negative_entries), "negative prompt")
+        chunks = max(_chunks_of(next(iter(positive.embeds.values()))), _chunks_of(next(iter(negatives.embeds.values()))))
+        empty = positive.empty
+        prompt_embeds = {text: _pad(z, chunks, empty)[None] for text, z in positive.embeds.items()}
+        negative_embeds = {text: _pad(z, chunks, empty)[None] for text, z in negatives.embeds.items()}
+        negative_pooled = negatives.pooled
+        if self.is_sdxl and all(text == "" for _, text in negative_entries):
+            # A1111 (and diffusers' force_zeros_for_empty_prompt): SDXL's empty negative is zeros
+            negative_embeds = {text: torch.zeros_like(z) for text, z in negative_embeds.items()}
+            negative_pooled = {text: torch.zeros_like(p) for text, p in negative_pooled.items()}
         return ConditioningSchedule(
             end_steps=tuple(end for end, _ in prompt_entries),
             texts=tuple(text for _, text in prompt_entries),
-            embeds=tuple(positive[text] for _, text in prompt_entries),
+            embeds=tuple(prompt_embeds[text] for _, text in prompt_entries),
             negative_end_steps=tuple(end for end, _ in negative_entries),
             negative_texts=tuple(text for _, text in negative_entries),
-            negative_embeds=tuple(negatives[text] for _, text in negative_entries),
+            negative_embeds=tuple(negative_embeds[text] for _, text in negative_entries),
             empty_chunk=empty[None],
+            pooled=None if positive.pooled is None else tuple(positive.pooled[text] for _, text in prompt_entries),
+            negative_pooled=None if negative_pooled is None else tuple(negative_pooled[text] for _, text in negative_entries),
         )
+
+
+@dataclass(frozen=True)
+class _EncodedTexts:
+    embeds: dict[str, torch.Tensor]  # text -> [chunks*77, dim]
+    empty: torch.Tensor  # [77, dim]
+    pooled: dict[str, torch.Tensor] | None  # SDXL: text -> [1, proj]
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _emphasize(z: torch.Tensor, multipliers: torch.Tensor, entry_counts: torch.Tensor) -> torch.Tensor:
@@ -351,6 +408,8 @@ class ConditioningSchedule:
     negative_texts: tuple[str, ...]
     negative_embeds: tuple[torch.Tensor, ...]
     empty_chunk: torch.Tensor  # [1, 77, dim]: the empty prompt's encoding, for padding
+    pooled: tuple[torch.Tensor, ...] | None = None  # SDXL: [1, proj] per entry of `embeds`
+    negative_pooled: tuple[torch.Tensor, ...] | None = None
 
     @property
     def chunk_count(self) -> int:
@@ -380,6 +439,17 @@ class ConditioningSchedule:
     def negative_embeds_at(self, step_index: int) -> torch.Tensor:
         return self.negative_embeds[self.negative_entry_at(step_index)]
 
+    def pooled_at(self, step_index: int) -> torch.Tensor:
+        """SDXL's pooled prompt embedding [1, proj] for 0-based step `step_index`."""
+        if self.pooled is None:
+            raise ValueError("only SDXL conditioning has pooled embeddings")
+        return self.pooled[self.entry_at(step_index)]
+
+    def negative_pooled_at(self, step_index: int) -> torch.Tensor:
+        if self.negative_pooled is None:
+            raise ValueError("only SDXL conditioning has pooled embeddings")
+        return self.negative_pooled[self.negative_entry_at(step_index)]
+
     def padded(self, chunk_count: int) -> ConditioningSchedule:
         """The same schedule with every encoding padded to `chunk_count` chunks."""
         if chunk_count <= self.chunk_count:
@@ -395,6 +465,7 @@ class ConditioningSchedule:
             end_steps=self.end_steps, texts=self.texts, embeds=tuple(pad(e) for e in self.embeds),
             negative_end_steps=self.negative_end_steps, negative_texts=self.negative_texts,
             negative_embeds=tuple(pad(e) for e in self.negative_embeds), empty_chunk=self.empty_chunk,
+            pooled=self.pooled, negative_pooled=self.negative_pooled,
         )
 
 

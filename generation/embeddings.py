@@ -57,7 +57,11 @@ def read_embedding_tensor(path: Path) -> torch.Tensor:
             raise EmbeddingError(f"{path.name}: A1111 file without a '*' vector")
         tensor = params["*"]
     elif isinstance(state, dict) and "clip_l" in state and "clip_g" in state:
-        raise EmbeddingError(f"{path.name}: SDXL embeddings (clip_l + clip_g) are not supported yet")
+        # SDXL: one vector per text encoder; kept side by side as [vectors, clip_l + clip_g]
+        clip_l, clip_g = state["clip_l"], state["clip_g"]
+        if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in (clip_l, clip_g)) or clip_l.shape[0] != clip_g.shape[0]:
+            raise EmbeddingError(f"{path.name}: clip_l and clip_g must be [vectors, width] with equal vectors")
+        tensor = torch.cat([clip_l, clip_g], dim=1)
     elif isinstance(state, dict) and "emb_params" in state:
         tensor = state["emb_params"]
     elif isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), torch.Tensor):
@@ -115,17 +119,26 @@ def triggers_in(text: str, embeddings: Iterable[EmbeddingInfo]) -> list[Embeddin
 
 
 def ensure_loaded(pipe, embeddings: Iterable[EmbeddingInfo], loaded: set[str]) -> None:
-    """Load each embedding into the pipeline's tokenizer and text encoder once; `loaded` tracks which are in."""
-    width = pipe.text_encoder.config.hidden_size
+    """Load each embedding into the pipeline's tokenizer(s) and text encoder(s) once; `loaded` tracks which are in."""
+    towers = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
+        towers.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    widths = [encoder.config.hidden_size for _, encoder in towers]
+    width = sum(widths)
     for embedding in embeddings:
         if embedding.trigger in loaded:
             continue
-        if not embedding.usable:
+        if not embedding.vectors:  # unreadable; a width judged against another checkpoint is checked below
             raise EmbeddingError(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
         tensor = read_embedding_tensor(Path(embedding.path))
         if tensor.shape[1] != width:
             raise EmbeddingError(
                 f"embedding {embedding.trigger} has width {tensor.shape[1]}, this checkpoint's text encoder needs {width}"
             )
-        pipe.load_textual_inversion(tensor.to(pipe.text_encoder.dtype), token=embedding.trigger)
+        for (tokenizer, encoder), part in zip(towers, tensor.split(widths, dim=1)):
+            pipe.load_textual_inversion(part.to(encoder.dtype), token=embedding.trigger, tokenizer=tokenizer,
+                                        text_encoder=encoder)
+        # the prompt encoder tokenizes once and feeds both SDXL encoders the same ids
+        if len({tuple(tokenizer.convert_tokens_to_ids([embedding.trigger])) for tokenizer, _ in towers}) != 1:
+            raise EmbeddingError(f"embedding {embedding.trigger} got different token ids in the two tokenizers")
         loaded.add(embedding.trigger)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from . import __version__
+from .architectures import ARCHITECTURES
 from .config import Config
 from .embeddings import EmbeddingInfo, ensure_loaded, triggers_in
 from .errors import Canceled, InvalidRequest
@@ -29,7 +30,7 @@ from .infotext import format_infotext
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
 from .previews import latents_to_preview
 from .prompt_parser import prompt_parts, prompt_schedule
-from .registry import ModelRegistry
+from .registry import TEXT_ENCODER_WIDTH, ModelRegistry
 from .requests import GenerationRequest, validate_request
 from .samplers import make_scheduler, resolve_sampler
 
@@ -109,11 +110,14 @@ class Engine:
         validate_request(request, self.config.limits)
         info = self.registry.resolve(request.checkpoint)  # raises ModelNotFound with a hint
         problems = []
-        if info.architecture in ("sdxl", "tiny-sdxl"):
-            # SDXL needs two text encoders and pooled embeddings, which the A1111 prompt encoder lacks so far.
-            problems.append(f"{info.name} is an SDXL checkpoint; easel cannot generate with SDXL yet")
+        width = TEXT_ENCODER_WIDTH.get(info.architecture)
         for embedding in self.embeddings_used(request):
-            if not embedding.usable:
+            # the registry judged widths against the default checkpoint; this request may use another
+            if embedding.vectors and width is not None:
+                if embedding.width != width:
+                    problems.append(f"embedding {embedding.trigger} has width {embedding.width}; "
+                                    f"{info.name} needs {width} ({ARCHITECTURES[info.architecture].label})")
+            elif not embedding.usable:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
         parts, max_parts = len(prompt_parts(request.prompt)), self.config.limits.max_prompt_parts
         if parts > max_parts:
@@ -130,12 +134,12 @@ class Engine:
 
     @property
     def _token_counter(self):
-        """A PromptEncoder that only counts: the SD tokenizer with every usable embedding's tokens
+        """A PromptEncoder that only counts: the SD tokenizer with every readable embedding's tokens
         added as textual inversion adds them, so a trigger counts as its vectors (as in A1111)."""
         from .architectures import sd_clip_tokenizer
         from .conditioning import PromptEncoder
 
-        embeddings = tuple((e.trigger, e.vectors) for e in self.registry.embeddings if e.usable)
+        embeddings = tuple((e.trigger, e.vectors) for e in self.registry.embeddings if e.vectors)
         counter = self._counters.get(embeddings)
         if counter is None:
             tokenizer = sd_clip_tokenizer()
@@ -237,6 +241,11 @@ class _BatchRun:
             callback_on_step_end=self._on_step_end,
             callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
         )
+        if self.conditioning.has_pooled:  # SDXL
+            pooled, negative_pooled = self.conditioning.pooled_at(0)
+            kwargs.update(pooled_prompt_embeds=pooled.to(device.device, device.dtype),
+                          negative_pooled_prompt_embeds=negative_pooled.to(device.device, device.dtype))
+            kwargs["callback_on_step_end_tensor_inputs"].append("add_text_embeds")
         if request.mode == "txt2img":
             kwargs.update(width=request.width, height=request.height)
         else:
@@ -281,8 +290,7 @@ class _BatchRun:
                     log.exception("progress callback failed")
         if self.guidance is not None:
             self.guidance.step_index = step_index + 1
-        replacement = self.conditioning.replacement_for(step_index, tensors.get("prompt_embeds"))
-        return {"prompt_embeds": replacement} if replacement is not None else {}
+        return self.conditioning.replacements_after(step_index, tensors)
 
     def _split(self, images: list[Image.Image]) -> dict[Hashable, list[GeneratedImage] | None]:
         results: dict[Hashable, list[GeneratedImage] | None] = {}

@@ -11,7 +11,10 @@ from .embeddings import EmbeddingInfo, scan_embeddings
 from .errors import ModelNotFound
 from .hashing import HashCache
 
-TEXT_ENCODER_WIDTH = {"sd1": 768, "sd2": 1024, "tiny-sd1": 32}
+from .architectures import ARCHITECTURES
+
+# The width an embedding of each architecture has: SDXL's clip_l + clip_g vectors count together.
+TEXT_ENCODER_WIDTH = {name: architecture.cross_attention_width for name, architecture in ARCHITECTURES.items()}
 
 
 @dataclass(frozen=True)

@@ -399,7 +399,7 @@ async def test_models_admin_embedding_upload_refresh_and_checkpoint_switch(own_m
                                              guild=env.guild, channel=env.channel)
         await used.wait_for_original(finished, timeout=60)
         refused = await ask(env, "imagine", {"prompt": "a widewidth cat"}, user=env.alice, done=warned)
-        assert "embedding widewidth cannot be used" in refused.content
+        assert "embedding widewidth has width 768; tiny needs 32" in refused.content
 
         (embeddings_dir / "newstyle.safetensors").unlink()
         refreshed = await ask(env, "admin", {}, user=env.mod, subcommand="refresh")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_config, tiny_request
+from conftest import make_config, tiny_request, write_embeddings
 from generation.catalog import refresh_models
 from generation.checkpoints import safe_child, scan_checkpoints
 from generation.engine import Engine
@@ -151,14 +151,24 @@ async def test_refresh_mirrors_the_folders_into_the_database(models_copy, tmp_pa
         await store.close()
 
 
-def test_sdxl_checkpoints_are_listed_but_refused_clearly(tmp_path):
-    from generation.errors import InvalidRequest
+def test_sdxl_checkpoints_are_listed_and_their_embeddings_judged_by_width(tmp_path):
     from generation.testing import write_test_model
 
     write_test_model(tmp_path / "models" / "checkpoints" / "xl", architecture="tiny-sdxl")
+    write_embeddings(tmp_path / "models" / "embeddings")
     config = make_config(tmp_path / "models", tmp_path / "data", models={"default_checkpoint": "xl"})
     registry = ModelRegistry.from_config(config)
     registry.refresh()
-    assert {c.architecture for c in registry.checkpoints} == {"sdxl", "tiny-sdxl"}  # folder, single file
-    with pytest.raises(InvalidRequest, match="xl is an SDXL checkpoint; easel cannot generate with SDXL yet"):
-        Engine(config=config, registry=registry).check_request(tiny_request(checkpoint="xl"))
+    assert [c.architecture for c in registry.checkpoints] == ["tiny-sdxl", "tiny-sdxl"]  # folder, single file
+    # clip_l (32) + clip_g (64) for the tiny SDXL model; SD 1.x files are skipped against it
+    assert "width 32 does not match the text encoder's 96" in registry.embedding("a1111st").skip_reason
+    assert Engine(config=config, registry=registry).check_request(tiny_request(checkpoint="xl")).checkpoint == "xl"
+
+
+@pytest.mark.parametrize("name", ["sd1", "sd2", "sd2-base", "sdxl", "tiny-sd1", "tiny-sdxl"])
+def test_diffusers_folders_are_told_apart_by_their_configs(name):
+    from generation.architectures import config_dir
+    from generation.checkpoints import folder_architecture
+
+    # the shipped configs have a diffusers folder's layout (no weights); the scheduler tells SD 2.x v from base
+    assert folder_architecture(config_dir(name)) == name
