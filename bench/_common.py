@@ -50,13 +50,13 @@ class BenchModels:
 
 
 @contextmanager
-def tiny_models() -> Iterator[BenchModels]:
-    """The offline tiny SD-1.x model, written fresh into a temp folder removed afterwards."""
+def tiny_models(architecture: str = "tiny-sd1") -> Iterator[BenchModels]:
+    """The offline tiny model (SD-1.x, or "tiny-sdxl"), named "tiny", written fresh into a temp folder removed afterwards."""
     from generation.testing import write_test_model
 
     with tempfile.TemporaryDirectory(prefix="easel-bench-") as tmp:
         root = Path(tmp) / "models"
-        write_test_model(root / "checkpoints" / "tiny")
+        write_test_model(root / "checkpoints" / "tiny", architecture=architecture)
         (root / "embeddings").mkdir(parents=True)
         yield BenchModels(root=root, scratch=Path(tmp) / "scratch")
 

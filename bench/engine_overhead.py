@@ -5,7 +5,7 @@ EulerAncestralDiscreteScheduler on the model's noise schedule with A1111's "lins
 CFG 7, 256x256, the same seed. Runs alternate A B A B after a warmup; medians of each are compared.
 Goal: engine / raw <= 1.03.
 
-    python bench/engine_overhead.py [--runs 7] [--size 256] [--steps 20]
+    python bench/engine_overhead.py [--runs 15] [--size 256] [--steps 20] [--architecture tiny-sdxl]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="width and height in pixels (default 256)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--architecture", choices=("tiny-sd1", "tiny-sdxl"), default="tiny-sd1",
+                        help="the tiny model to measure on (default tiny-sd1)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -44,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = cpu_note()  # before the load below counts our own runs
     import numpy as np
     import torch
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import EulerAncestralDiscreteScheduler
 
     from generation.engine import Engine
     from generation.requests import GenerationRequest
 
-    with tiny_models() as models:
+    with tiny_models(args.architecture) as models:
         config = make_config(models, models.data_dir("data"))
         engine = Engine(config=config, registry=make_registry(config))
         request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler a", steps=args.steps,
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         run_engine()  # loads the checkpoint into the cache: what follows measures a warm engine
         loaded = engine.cache.get(engine.registry.resolve(""))
         # A second pipeline object over the same modules: the raw side owns its scheduler attribute.
-        raw_pipe = StableDiffusionPipeline(**{**loaded.base.components, "safety_checker": None},
-                                           requires_safety_checker=False)
+        sd1 = "safety_checker" in loaded.base.components
+        extra = {"safety_checker": None, "requires_safety_checker": False} if sd1 else {}
+        raw_pipe = type(loaded.base)(**{**loaded.base.components, **extra})
         raw_pipe.set_progress_bar_config(disable=True)
 
         def run_raw():
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_median, raw_median = median(engine_times), median(raw_times)
     ratio = engine_median / raw_median
     difference = np.abs(np.asarray(engine_image, dtype=np.int16) - np.asarray(raw_image, dtype=np.int16))
-    print(f"engine overhead: tiny SD-1.x, {args.size}x{args.size}, Euler a, {args.steps} steps, CFG {CFG:g}, "
+    print(f"engine overhead: {args.architecture}, {args.size}x{args.size}, Euler a, {args.steps} steps, CFG {CFG:g}, "
           f"seed {SEED}; {args.runs} runs each, interleaved, after {args.warmup} warmup ({machine})")
     print(f"  raw diffusers  median {raw_median * 1000:8.1f} ms   (min {min(raw_times) * 1000:.1f}, max {max(raw_times) * 1000:.1f})")
     print(f"  easel engine   median {engine_median * 1000:8.1f} ms   (min {min(engine_times) * 1000:.1f}, max {max(engine_times) * 1000:.1f})")
