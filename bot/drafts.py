@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import discord
@@ -27,6 +27,7 @@ from .errors import send_error
 log = logging.getLogger(__name__)
 
 DRAFT_KEY_PREFIX = "draft:"
+DRAFT_LIFETIME = timedelta(days=30)  # older drafts are deleted when a new one is saved
 DRAFT_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -124,12 +125,13 @@ def new_draft_id() -> str:
     return secrets.token_hex(8)
 
 
-async def save_draft(store, draft: Draft, *, owner_id: int) -> str:
+async def save_draft(store, draft: Draft, *, owner_id: int, now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
     draft_id = new_draft_id()
     await store.settings.set(DRAFT_KEY_PREFIX + draft_id, {
-        "given": draft.given, "ignored": list(draft.ignored), "owner_id": owner_id,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "given": draft.given, "ignored": list(draft.ignored), "owner_id": owner_id, "created_at": now.isoformat(),
     })
+    await store.settings.delete_stale(DRAFT_KEY_PREFIX, created_before=now - DRAFT_LIFETIME)
     return draft_id
 
 

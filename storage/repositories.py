@@ -705,6 +705,19 @@ class SettingsRepository:
         async with self._db.read() as session:
             return {row.key: row.value for row in await session.scalars(select(Setting).order_by(Setting.key))}
 
+    async def delete_stale(self, prefix: str, *, created_before: datetime) -> int:
+        """Delete the `prefix*` settings whose JSON `created_at` (ISO 8601, UTC) is older than
+        `created_before`; returns how many went."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        async with self._db.write() as session:
+            result = await session.execute(
+                delete(Setting)
+                .where(Setting.key.like(escaped + "%", escape="\\"),
+                       func.json_extract(Setting.value, "$.created_at") < created_before.isoformat())
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount
+
 
 # ---------------------------------------------------------------------------------------------
 # Prompt history

@@ -348,6 +348,29 @@ def test_draft_finds_models_by_name_or_hash_and_resolves_samplers():
         draft_from_infotext({"prompt": "  ", "negative_prompt": ""}, limits=LIMITS, checkpoints={})
 
 
+async def test_saving_a_draft_deletes_drafts_past_their_lifetime(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from bot.drafts import DRAFT_LIFETIME, Draft, load_draft, save_draft
+    from storage import open_store
+
+    store = await open_store(tmp_path / "easel.db")
+    try:
+        draft = Draft(given={"prompt": "a cat"})
+        start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        old = await save_draft(store, draft, owner_id=1, now=start)
+        await store.settings.set("other:setting", {"created_at": start.isoformat()})  # not a draft: stays
+        kept = await save_draft(store, draft, owner_id=1, now=start + DRAFT_LIFETIME - timedelta(days=1))
+        assert await load_draft(store, old) is not None  # not yet too old
+        newest = await save_draft(store, draft, owner_id=2, now=start + DRAFT_LIFETIME + timedelta(seconds=1))
+        assert await load_draft(store, old) is None
+        assert (await load_draft(store, kept)).given == {"prompt": "a cat"}
+        assert await load_draft(store, newest) is not None
+        assert await store.settings.get("other:setting") is not None
+    finally:
+        await store.close()
+
+
 # ------------------------------------------------------------------------------------------- bot/model_admin.py
 
 
