@@ -32,10 +32,13 @@ class RuleBroken(EaselError):
 
 
 def resolve_options(given: Mapping[str, Any], *, member: Mapping[str, Any], guild: Mapping[str, Any],
-                    defaults: DefaultsConfig) -> dict[str, Any]:
-    """Fill every option left out (None) from the member, the guild's defaults, then the config."""
+                    defaults: DefaultsConfig, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Fill every option left out (None) from the member, the guild's defaults, then the config;
+    `size` (the checkpoint's, from generation.requests.default_size) stands in for the config's."""
     guild_defaults = guild.get("defaults", {}) or {}
     config_defaults = {f.name: getattr(defaults, f.name) for f in fields(defaults)}
+    if size is not None:
+        config_defaults["width"], config_defaults["height"] = size
     resolved = {}
     for name in RESOLVED_OPTIONS:
         for source in (given, member, guild_defaults, config_defaults):

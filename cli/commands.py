@@ -78,10 +78,12 @@ def _print_models(registry) -> None:
         print(f"  {embedding.trigger:<32} [{embedding.ti_hash}] {embedding.vectors} x {embedding.width}  {status}")
 
 
-def request_from_args(config: Config, args) -> "GenerationRequest":
-    from generation.requests import GenerationRequest
+def request_from_args(config: Config, args, *, architecture: str = "") -> "GenerationRequest":
+    """The request the arguments ask for; a size left out is the checkpoint `architecture`'s default."""
+    from generation.requests import GenerationRequest, default_size
 
     d = config.defaults
+    width, height = default_size(d, config.limits, architecture)
     mode = "inpaint" if args.mask else ("img2img" if args.init else "txt2img")
     return GenerationRequest(
         prompt=args.prompt,
@@ -90,7 +92,7 @@ def request_from_args(config: Config, args) -> "GenerationRequest":
         sampler=args.sampler or d.sampler, schedule=args.schedule or (d.schedule if not args.sampler else "Automatic"),
         steps=d.steps if args.steps is None else args.steps,
         cfg_scale=d.cfg_scale if args.cfg is None else args.cfg,
-        width=d.width if args.width is None else args.width, height=d.height if args.height is None else args.height,
+        width=width if args.width is None else args.width, height=height if args.height is None else args.height,
         seed=args.seed, count=d.count if args.count is None else args.count,
         init_image=str(args.init) if args.init else None, mask=str(args.mask) if args.mask else None,
         strength=d.strength if args.strength is None else args.strength,
@@ -123,7 +125,8 @@ async def _generate(config: Config, args, progress) -> int:
 
             checkpoint = registry.add_external(
                 checkpoint_from_path(Path(checkpoint), allow_pickle=config.models.allow_pickle_checkpoints))
-        request = dataclasses.replace(request_from_args(config, args), checkpoint=checkpoint)
+        architecture = registry.resolve(checkpoint or "").architecture
+        request = dataclasses.replace(request_from_args(config, args, architecture=architecture), checkpoint=checkpoint)
         engine = Engine(config=config, registry=registry)
         executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
         service = GenerationService(config=config, store=store, engine=engine, executor=executor,

@@ -61,37 +61,41 @@ class Architecture:
     pad_tokens: tuple[tuple[str, str], ...]
     # False where files of another architecture look the same; then only an explicit choice selects it.
     detectable: bool = True
+    # The square size the model was trained at: the default image size for it (None: the config's).
+    native_size: int | None = None
 
     def pad_token(self, component: str) -> str:
         return dict(self.pad_tokens)[component]
 
 
 def _sd(
-    name: str, label: str, family: str, text_width: int, base: int, pad: str, *, detectable: bool = True
+    name: str, label: str, family: str, text_width: int, base: int, pad: str, *, detectable: bool = True,
+    native_size: int | None = None,
 ) -> Architecture:
     return Architecture(
         name=name, label=label, family=family, pipeline_class_name="StableDiffusionPipeline",
         text_widths=(text_width,), cross_attention_width=text_width, unet_base_channels=base,
-        pad_tokens=(("tokenizer", pad),), detectable=detectable,
+        pad_tokens=(("tokenizer", pad),), detectable=detectable, native_size=native_size,
     )
 
 
-def _sdxl(name: str, label: str, clip_l: int, clip_g: int, base: int) -> Architecture:
+def _sdxl(name: str, label: str, clip_l: int, clip_g: int, base: int, *, native_size: int | None = None) -> Architecture:
     return Architecture(
         name=name, label=label, family="sdxl", pipeline_class_name="StableDiffusionXLPipeline",
         text_widths=(clip_l, clip_g), cross_attention_width=clip_l + clip_g, unet_base_channels=base,
-        pad_tokens=(("tokenizer", CLIP_EOS), ("tokenizer_2", OPEN_CLIP_PAD)),
+        pad_tokens=(("tokenizer", CLIP_EOS), ("tokenizer_2", OPEN_CLIP_PAD)), native_size=native_size,
     )
 
 
 ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType({
-    "sd1": _sd("sd1", "Stable Diffusion 1.x", "sd1", 768, 320, CLIP_EOS),
-    "sd2": _sd("sd2", "Stable Diffusion 2.x (768, v-prediction)", "sd2", 1024, 320, OPEN_CLIP_PAD),
+    "sd1": _sd("sd1", "Stable Diffusion 1.x", "sd1", 768, 320, CLIP_EOS, native_size=512),
+    "sd2": _sd("sd2", "Stable Diffusion 2.x (768, v-prediction)", "sd2", 1024, 320, OPEN_CLIP_PAD, native_size=768),
     # Same weights layout as "sd2": files do not say which one they are.
     "sd2-base": _sd(
-        "sd2-base", "Stable Diffusion 2.x base (512, epsilon)", "sd2", 1024, 320, OPEN_CLIP_PAD, detectable=False
+        "sd2-base", "Stable Diffusion 2.x base (512, epsilon)", "sd2", 1024, 320, OPEN_CLIP_PAD, detectable=False,
+        native_size=512,
     ),
-    "sdxl": _sdxl("sdxl", "Stable Diffusion XL", 768, 1280, 320),
+    "sdxl": _sdxl("sdxl", "Stable Diffusion XL", 768, 1280, 320, native_size=1024),
     # Random-weight models with the real layouts but tiny widths, for tests and offline demos.
     "tiny-sd1": _sd("tiny-sd1", "tiny SD 1.x test model", "sd1", 32, 32, CLIP_EOS),
     "tiny-sdxl": _sdxl("tiny-sdxl", "tiny SDXL test model", 32, 64, 32),

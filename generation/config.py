@@ -69,6 +69,7 @@ class DefaultsConfig:
     cfg_scale: float = 7.0
     width: int = 512
     height: int = 512
+    native_size: bool = True  # a checkpoint's own size (SDXL 1024, SD 2.x 768) beats width x height
     count: int = 1
     negative_prompt: str = ""
     strength: float = 0.75

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from .config import LimitsConfig
+from .config import DefaultsConfig, LimitsConfig
 from .errors import EaselError, InvalidRequest
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
@@ -125,3 +125,18 @@ def validate_request(request: GenerationRequest, limits: LimitsConfig) -> Genera
     if problems:
         raise InvalidRequest(problems)
     return request
+
+
+def default_size(defaults: DefaultsConfig, limits: LimitsConfig, architecture: str, *,
+                 max_width: int | None = None, max_height: int | None = None) -> tuple[int, int]:
+    """(width, height) for a request that names no size: the checkpoint's native size (SD 1.x 512,
+    SD 2.x 768, SDXL 1024) while `[defaults] native_size` is on and it fits the limits (and a
+    server's `max_width`/`max_height`, if given); otherwise `[defaults] width` x `height`."""
+    from .architectures import ARCHITECTURES
+
+    spec = ARCHITECTURES.get(architecture)
+    native = spec.native_size if spec is not None and defaults.native_size else None
+    if native is not None and native <= min(limits.max_width, max_width or native) \
+            and native <= min(limits.max_height, max_height or native) and native * native <= limits.max_pixels:
+        return native, native
+    return defaults.width, defaults.height

@@ -50,6 +50,14 @@ def test_resolve_options_prefers_typed_then_member_then_guild_then_config():
     assert (resolved["height"], resolved["count"], resolved["clip_skip"]) == (512, 1, 1)  # config.toml
 
 
+def test_the_checkpoints_size_stands_in_for_the_configs_only():
+    guild = {"defaults": {"width": 768}}
+    resolved = resolve_options({}, member={}, guild=guild, defaults=DEFAULTS, size=(1024, 1024))
+    assert (resolved["width"], resolved["height"]) == (768, 1024)  # the guild chose a width, not a height
+    resolved = resolve_options({"height": 640}, member={"width": 896}, guild={}, defaults=DEFAULTS, size=(1024, 1024))
+    assert (resolved["width"], resolved["height"]) == (896, 640)
+
+
 def test_a_typed_sampler_brings_its_own_schedule():
     member = {"sampler": "DPM++ 2M", "schedule": "Karras"}
     resolved = resolve_options({"sampler": "Euler"}, member=member, guild={}, defaults=DEFAULTS)

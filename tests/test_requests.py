@@ -2,9 +2,9 @@ import random
 
 import pytest
 
-from generation.config import LimitsConfig
+from generation.config import DefaultsConfig, LimitsConfig
 from generation.errors import InvalidRequest
-from generation.requests import MAX_SEED, GenerationRequest, request_problems, validate_request
+from generation.requests import MAX_SEED, GenerationRequest, default_size, request_problems, validate_request
 
 LIMITS = LimitsConfig()
 
@@ -69,3 +69,16 @@ def test_dict_round_trip_and_unknown_fields():
     assert GenerationRequest.from_dict(request.to_dict()) == request
     with pytest.raises(InvalidRequest, match="unknown field 'colour'"):
         GenerationRequest.from_dict({"prompt": "p", "colour": 1})
+
+
+def test_default_size_is_the_checkpoints_own_when_it_fits():
+    defaults, limits = DefaultsConfig(width=640, height=448), LimitsConfig()
+    assert default_size(defaults, limits, "sdxl") == (1024, 1024)
+    assert default_size(defaults, limits, "sd2") == (768, 768)
+    assert default_size(defaults, limits, "sd1") == (512, 512)
+    # no native size known, switched off, or over a limit: the configured size
+    assert default_size(defaults, limits, "tiny-sd1") == default_size(defaults, limits, "unknown") == (640, 448)
+    assert default_size(DefaultsConfig(width=640, height=448, native_size=False), limits, "sdxl") == (640, 448)
+    assert default_size(defaults, LimitsConfig(max_pixels=768 * 768), "sdxl") == (640, 448)
+    assert default_size(defaults, limits, "sdxl", max_width=896) == (640, 448)  # a server's limit
+    assert default_size(defaults, limits, "sdxl", max_height=1024) == (1024, 1024)

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from generation.catalog import enabled_checkpoint_names
 from generation.errors import EaselError, ModelNotFound
-from generation.requests import MAX_SEED, GenerationRequest
+from generation.requests import MAX_SEED, GenerationRequest, default_size
 from generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from generation.service import ReplyTarget
 
@@ -47,11 +47,14 @@ async def submit_from_interaction(app: AppContext, interaction: discord.Interact
     guild_settings = await app.store.guilds.get_settings(interaction.guild_id) if interaction.guild_id else {}
     member_settings = await app.store.users.get_settings(interaction.user.id)
     check_channel(guild_settings, interaction.channel_id)
-    options = resolve_options(given, member=member_settings, guild=guild_settings, defaults=app.config.defaults)
     checkpoint = given.get("checkpoint") or ""
     if (checkpoint or app.registry.default_name()) not in await enabled_checkpoint_names(app.store):
         what = f"checkpoint {checkpoint!r} is" if checkpoint else "the default checkpoint is"
         raise ModelNotFound(f"{what} not available; pick one from the list")
+    size = default_size(app.config.defaults, app.config.limits, app.registry.resolve(checkpoint).architecture,
+                        max_width=guild_settings.get("max_width"), max_height=guild_settings.get("max_height"))
+    options = resolve_options(given, member=member_settings, guild=guild_settings, defaults=app.config.defaults,
+                              size=size)
     request = GenerationRequest(prompt=given["prompt"], mode=mode, checkpoint=checkpoint,
                                 seed=given.get("seed") if given.get("seed") is not None else -1,
                                 init_image="pending" if init_image else None, mask="pending" if mask else None,
