@@ -17,7 +17,7 @@ from pathlib import Path
 from generation.catalog import refresh_models
 from generation.embeddings import EMBEDDING_SUFFIXES, TRIGGER, read_embedding_tensor
 from generation.errors import EaselError, EmbeddingError
-from generation.registry import TEXT_ENCODER_WIDTH
+from generation.registry import embedding_widths
 
 from .context import AppContext
 
@@ -65,14 +65,12 @@ def check_upload_size(size: int) -> None:
         raise EmbeddingError("the file is empty")
 
 
-def expected_width(app: AppContext) -> int:
-    """The text-encoder width embeddings must have to work with the default checkpoint."""
-    default = app.registry.resolve("")
-    width = TEXT_ENCODER_WIDTH.get(default.architecture)
-    if width is None:
-        raise EmbeddingError(f"embeddings cannot be checked against the default checkpoint {default.name} "
-                             f"(architecture {default.architecture})")
-    return width
+def expected_widths(app: AppContext) -> set[int]:
+    """The widths an uploaded embedding may have: one of the checkpoints' families."""
+    widths = embedding_widths(app.registry.checkpoints)
+    if not widths:
+        raise EmbeddingError("no checkpoint here has a known text encoder to check embeddings against")
+    return widths
 
 
 def _taken(folder: Path, trigger: str) -> bool:
@@ -124,11 +122,12 @@ async def add_embedding(app: AppContext, *, filename: str, data: bytes) -> Added
     folder = app.config.embeddings_dir
     if _taken(folder, trigger) or app.registry.embedding(trigger) is not None:
         raise EmbeddingError(f"an embedding named {trigger} already exists; rename the file")
-    width = expected_width(app)
+    widths = expected_widths(app)
     vectors, found_width = await asyncio.to_thread(_read_shape, data, trigger)
-    if found_width != width:
-        raise EmbeddingError(f"the embedding has width {found_width}, but the default checkpoint's text encoder "
-                             f"needs {width}; it was made for another model family")
+    if found_width not in widths:
+        needs = " or ".join(map(str, sorted(widths)))
+        raise EmbeddingError(f"the embedding has width {found_width}, but the checkpoints here need {needs}; "
+                             "it was made for another model family")
     if vectors > MAX_EMBEDDING_VECTORS:
         raise EmbeddingError(f"the embedding has {vectors} vectors; at most {MAX_EMBEDDING_VECTORS} fit in a prompt")
     path = await asyncio.to_thread(_write_new, folder, trigger, data)

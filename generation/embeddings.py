@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Collection, Iterable
 
 import torch
 
@@ -73,8 +73,10 @@ def read_embedding_tensor(path: Path) -> torch.Tensor:
     return tensor.reshape(1, -1) if tensor.ndim == 1 else tensor
 
 
-def scan_embeddings(folder: Path, *, expected_width: int | None, hash_cache: HashCache | None = None) -> list[EmbeddingInfo]:
-    """Every embedding file in `folder`; those that cannot be used carry a skip reason."""
+def scan_embeddings(folder: Path, *, expected_widths: Collection[int] | None,
+                    hash_cache: HashCache | None = None) -> list[EmbeddingInfo]:
+    """Every embedding file in `folder`; those that cannot be used carry a skip reason. An embedding
+    is usable when its width is one of `expected_widths` (the checkpoints' families; None: any)."""
     found: list[EmbeddingInfo] = []
     if not folder.is_dir():
         return found
@@ -103,10 +105,17 @@ def scan_embeddings(folder: Path, *, expected_width: int | None, hash_cache: Has
             continue
         vectors, width = tensor.shape
         reason = None
-        if expected_width is not None and width != expected_width:
-            reason = f"width {width} does not match the text encoder's {expected_width}"
+        if expected_widths and width not in expected_widths:
+            reason = width_mismatch(width, expected_widths)
         found.append(EmbeddingInfo(trigger, str(path), sha, int(vectors), int(width), reason))
     return found
+
+
+def width_mismatch(width: int, expected_widths: Collection[int]) -> str:
+    """Why an embedding of `width` fits none of the checkpoints' text encoders."""
+    if len(expected_widths) == 1:
+        return f"width {width} does not match the text encoder's {next(iter(expected_widths))}"
+    return f"width {width} fits none of the checkpoints here (they need {' or '.join(map(str, sorted(expected_widths)))})"
 
 
 def triggers_in(text: str, embeddings: Iterable[EmbeddingInfo]) -> list[EmbeddingInfo]:

@@ -17,6 +17,11 @@ from .architectures import ARCHITECTURES
 TEXT_ENCODER_WIDTH = {name: architecture.cross_attention_width for name, architecture in ARCHITECTURES.items()}
 
 
+def embedding_widths(checkpoints) -> set[int]:
+    """The embedding widths the checkpoints' families take (a request checks its own checkpoint's)."""
+    return {TEXT_ENCODER_WIDTH[c.architecture] for c in checkpoints if c.architecture in TEXT_ENCODER_WIDTH}
+
+
 @dataclass(frozen=True)
 class ModelSnapshot:
     """One consistent scan; replaced as a whole on refresh so readers never see half of one."""
@@ -51,9 +56,8 @@ class ModelRegistry:
         """Rescan both folders; `hash_cache` (else the registry's own) spares rehashing unchanged files."""
         hash_cache = hash_cache or self._hash_cache
         checkpoints, skipped = scan_checkpoints(self.checkpoints_dir, allow_pickle=self._allow_pickle, hash_cache=hash_cache)
-        default = self._default_of(checkpoints)
-        width = TEXT_ENCODER_WIDTH.get(default.architecture) if default else None
-        embeddings = scan_embeddings(self.embeddings_dir, expected_width=width, hash_cache=hash_cache)
+        embeddings = scan_embeddings(self.embeddings_dir, expected_widths=embedding_widths(checkpoints),
+                                     hash_cache=hash_cache)
         self._snapshot = ModelSnapshot(tuple(checkpoints), tuple(skipped), tuple(embeddings))
         return self._snapshot
 

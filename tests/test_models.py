@@ -14,7 +14,7 @@ from conftest import make_config, tiny_request, write_embeddings
 from generation.catalog import refresh_models
 from generation.checkpoints import safe_child, scan_checkpoints
 from generation.engine import Engine
-from generation.errors import ModelNotFound
+from generation.errors import InvalidRequest, ModelNotFound
 from generation.hashing import MemoryHashCache, sha256_file
 from generation.pipelines import DeviceSpec, PipelineCache
 from generation.registry import ModelRegistry
@@ -172,3 +172,24 @@ def test_diffusers_folders_are_told_apart_by_their_configs(name):
 
     # the shipped configs have a diffusers folder's layout (no weights); the scheduler tells SD 2.x v from base
     assert folder_architecture(config_dir(name)) == name
+
+
+def test_embeddings_are_judged_against_every_checkpoint_family_present(tmp_path):
+    from safetensors.torch import save_file
+
+    from generation.testing import write_test_model
+
+    models = tmp_path / "models"
+    write_test_model(models / "checkpoints" / "tiny")
+    write_test_model(models / "checkpoints" / "xl", architecture="tiny-sdxl")
+    write_embeddings(models / "embeddings")
+    save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 64)}, str(models / "embeddings" / "xlemb.safetensors"))
+    registry = ModelRegistry.from_config(make_config(models, tmp_path / "data"))
+    registry.refresh()
+    assert registry.embedding("a1111st").usable and registry.embedding("xlemb").usable
+    assert registry.embedding("widewidth").skip_reason == "width 768 fits none of the checkpoints here (they need 32 or 96)"
+    engine = Engine(config=make_config(models, tmp_path / "data"), registry=registry)
+    engine.check_request(tiny_request(prompt="a1111st", checkpoint="tiny"))
+    engine.check_request(tiny_request(prompt="xlemb", checkpoint="xl"))
+    with pytest.raises(InvalidRequest, match="embedding xlemb has width 96; tiny needs 32"):
+        engine.check_request(tiny_request(prompt="xlemb", checkpoint="tiny"))
