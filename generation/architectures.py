@@ -318,8 +318,21 @@ def detect_architecture_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> st
 
 
 def detect_architecture(path: Path) -> str:
-    """Architecture name of a single-file `.safetensors` checkpoint; reads only its header."""
-    return detect_architecture_from_shapes(read_safetensors_shapes(Path(path)))
+    """Architecture name of a single-file checkpoint. A `.safetensors` file: only its header is
+    read. A `.ckpt` (the caller has allowed pickles): `weights_only` unpickling, memory-mapped so
+    the weights themselves are not read; an old non-zip file is read whole."""
+    path = Path(path)
+    if path.suffix.lower() != ".ckpt":
+        return detect_architecture_from_shapes(read_safetensors_shapes(path))
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # mmap needs the zip format (torch >= 1.6 files)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ModelLoadError(f"{path.name} does not hold a state dict")
+    return detect_architecture_from_shapes({key: tuple(t.shape) for key, t in _tensor_state_dict(state).items()})
 
 
 # ---------------------------------------------------------------------------------------------------

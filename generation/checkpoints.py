@@ -90,7 +90,7 @@ def scan_checkpoints(folder: Path, *, allow_pickle: bool, hash_cache: HashCache 
                 continue
             # A file whose stem is also a folder's name keeps its extension to stay unique.
             name = entry.name if stems.count(entry.stem) > 1 else entry.stem
-            architecture = detect_architecture(entry) if suffix == ".safetensors" else "sd1"
+            architecture = detect_architecture(entry)
             vae = entry.with_name(entry.stem + VAE_SUFFIX)
             stat = entry.stat()
             found.append(CheckpointInfo(
@@ -117,7 +117,7 @@ def checkpoint_from_path(path: Path, *, allow_pickle: bool, hash_cache: HashCach
         vae = path.with_name(path.stem + VAE_SUFFIX)
         return CheckpointInfo(
             name=path.stem, path=str(path), format="safetensors" if path.suffix.lower() == ".safetensors" else "ckpt",
-            architecture=detect_architecture(path) if path.suffix.lower() == ".safetensors" else "sd1",
+            architecture=detect_architecture(path),
             sha256=sha256_file(path, hash_cache), vae_path=str(vae) if vae.is_file() else None,
             size=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns,
         )

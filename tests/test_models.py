@@ -14,7 +14,7 @@ from conftest import make_config, tiny_request, write_embeddings
 from generation.catalog import refresh_models
 from generation.checkpoints import safe_child, scan_checkpoints
 from generation.engine import Engine
-from generation.errors import InvalidRequest, ModelNotFound
+from generation.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from generation.hashing import MemoryHashCache, sha256_file
 from generation.pipelines import DeviceSpec, PipelineCache
 from generation.registry import ModelRegistry
@@ -55,7 +55,7 @@ def test_pickle_checkpoint_loads_only_when_allowed_and_matches(models_copy, tmp_
     config = make_config(models_copy, tmp_path / "data", models={"allow_pickle_checkpoints": True})
     registry = ModelRegistry.from_config(config)
     registry.refresh()
-    assert registry.resolve("legacy").format == "ckpt"
+    assert (registry.resolve("legacy").format, registry.resolve("legacy").architecture) == ("ckpt", "tiny-sd1")
     legacy = Engine(config=config, registry=registry)
     assert np.array_equal(image_array(legacy, checkpoint="legacy", seed=3), image_array(engine, checkpoint="tiny", seed=3))
 
@@ -193,3 +193,19 @@ def test_embeddings_are_judged_against_every_checkpoint_family_present(tmp_path)
     engine.check_request(tiny_request(prompt="xlemb", checkpoint="xl"))
     with pytest.raises(InvalidRequest, match="embedding xlemb has width 96; tiny needs 32"):
         engine.check_request(tiny_request(prompt="xlemb", checkpoint="tiny"))
+
+
+def test_pickle_checkpoints_are_told_apart_without_reading_their_weights(tmp_path):
+    from generation.architectures import detect_architecture
+    from generation.checkpoints import scan_checkpoints
+    from generation.testing import build_tiny_pipeline, ldm_state_dict
+
+    pipe = build_tiny_pipeline(architecture="tiny-sdxl")
+    weights = ldm_state_dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2)
+    torch.save({"state_dict": weights}, tmp_path / "xl.ckpt")  # zip format: memory-mapped
+    torch.save(weights, tmp_path / "old.ckpt", _use_new_zipfile_serialization=False)  # read whole
+    found, skipped = scan_checkpoints(tmp_path, allow_pickle=True)
+    assert [(c.name, c.format, c.architecture) for c in found] == [("old", "ckpt", "tiny-sdxl"), ("xl", "ckpt", "tiny-sdxl")]
+    torch.save({"step": 3}, tmp_path / "junk.ckpt")
+    with pytest.raises(ModelLoadError, match="not a Stable Diffusion checkpoint"):
+        detect_architecture(tmp_path / "junk.ckpt")
