@@ -60,10 +60,28 @@ def folder_architecture(folder: Path) -> str:
     return found[0] if len(found) == 1 else ("sdxl" if xl else "unknown")
 
 
+_V_PARAMETERIZATION = re.compile(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", re.MULTILINE)
+_MAX_YAML_BYTES = 64 * 1024
+
+
+def single_file_architecture(path: Path) -> str:
+    """`detect_architecture`, plus A1111's `<name>.yaml` beside an SD 2.x file: the weights of
+    SD 2.x 768-v and 512-base look alike, the config says which one predicts v."""
+    from .architectures import detect_architecture
+
+    return with_sd2_config(detect_architecture(path), path)
+
+
+def with_sd2_config(architecture: str, path: Path) -> str:
+    """Turn "sd2" into "sd2-base" when a config beside the file does not say `parameterization: "v"`."""
+    config = path.with_suffix(".yaml")
+    if architecture != "sd2" or not config.is_file() or config.stat().st_size > _MAX_YAML_BYTES:
+        return architecture
+    return architecture if _V_PARAMETERIZATION.search(config.read_text(encoding="utf-8", errors="replace")) else "sd2-base"
+
+
 def scan_checkpoints(folder: Path, *, allow_pickle: bool, hash_cache: HashCache | None = None) -> tuple[list[CheckpointInfo], list[SkippedFile]]:
     """Every usable checkpoint directly inside `folder`, sorted by name, and what was skipped and why."""
-    from .architectures import detect_architecture  # reads safetensors headers only
-
     found: list[CheckpointInfo] = []
     skipped: list[SkippedFile] = []
     if not folder.is_dir():
@@ -90,7 +108,7 @@ def scan_checkpoints(folder: Path, *, allow_pickle: bool, hash_cache: HashCache 
                 continue
             # A file whose stem is also a folder's name keeps its extension to stay unique.
             name = entry.name if stems.count(entry.stem) > 1 else entry.stem
-            architecture = detect_architecture(entry)
+            architecture = single_file_architecture(entry)
             vae = entry.with_name(entry.stem + VAE_SUFFIX)
             stat = entry.stat()
             found.append(CheckpointInfo(
@@ -112,12 +130,10 @@ def checkpoint_from_path(path: Path, *, allow_pickle: bool, hash_cache: HashCach
     if path.is_file() and path.suffix.lower() in (".safetensors", ".ckpt"):
         if path.suffix.lower() == ".ckpt" and not allow_pickle:
             raise ModelNotFound(f"{path.name} is a pickle; set [models] allow_pickle_checkpoints = true to load it")
-        from .architectures import detect_architecture
-
         vae = path.with_name(path.stem + VAE_SUFFIX)
         return CheckpointInfo(
             name=path.stem, path=str(path), format="safetensors" if path.suffix.lower() == ".safetensors" else "ckpt",
-            architecture=detect_architecture(path),
+            architecture=single_file_architecture(path),
             sha256=sha256_file(path, hash_cache), vae_path=str(vae) if vae.is_file() else None,
             size=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns,
         )

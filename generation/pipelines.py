@@ -81,10 +81,12 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoin
             cls = pipeline_class(info.architecture) if info.architecture != "unknown" else DiffusionPipeline
             pipe = cls.from_pretrained(info.path, dtype=device.dtype, local_files_only=True, **common)
         elif info.format in ("safetensors", "ckpt"):
-            from .architectures import load_single_file
+            from .architectures import ARCHITECTURES, load_single_file
 
             # diffusers reads .ckpt with torch.load(weights_only=True); the registry only offers them when allowed.
-            pipe = load_single_file(Path(info.path), dtype=device.dtype)
+            # The scan's architecture counts: it may know more than the weights (sd2-base from a .yaml).
+            pipe = load_single_file(Path(info.path), dtype=device.dtype,
+                                    architecture_name=info.architecture if info.architecture in ARCHITECTURES else None)
         elif info.format == "hub":
             pipe = DiffusionPipeline.from_pretrained(info.path, dtype=device.dtype, **common)
         else:

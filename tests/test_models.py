@@ -209,3 +209,15 @@ def test_pickle_checkpoints_are_told_apart_without_reading_their_weights(tmp_pat
     torch.save({"step": 3}, tmp_path / "junk.ckpt")
     with pytest.raises(ModelLoadError, match="not a Stable Diffusion checkpoint"):
         detect_architecture(tmp_path / "junk.ckpt")
+
+
+def test_an_a1111_yaml_beside_an_sd2_file_tells_base_from_v(tmp_path):
+    from generation.checkpoints import with_sd2_config
+
+    model = tmp_path / "model.safetensors"
+    assert with_sd2_config("sd2", model) == "sd2"  # no config: the 768 v-prediction model, the common one
+    (tmp_path / "model.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n    linear_start: 0.00085\n")
+    assert with_sd2_config("sd2", model) == "sd2"
+    (tmp_path / "model.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")  # v2-inference.yaml
+    assert with_sd2_config("sd2", model) == "sd2-base"
+    assert with_sd2_config("sd1", model) == "sd1"
