@@ -12,10 +12,10 @@ from generation.config import Config
 from generation.errors import EaselError
 
 
-def make_test_model(target: Path) -> int:
+def make_test_model(target: Path, *, architecture: str = "tiny-sd1") -> int:
     from generation.testing import write_test_model
 
-    paths = write_test_model(target)
+    paths = write_test_model(target, architecture=architecture)
     print(f"wrote {paths.folder} (diffusers folder) and {paths.single_file} (single file)")
     return 0
 

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list checkpoints and embeddings with hashes and skip reasons")
     p = sub.add_parser("make-test-model", help="write a tiny offline SD-1.x model (random weights) for tests and demos")
     p.add_argument("target", type=Path, help="folder to write; DIR.safetensors is written beside it")
+    p.add_argument("--sdxl", action="store_true", help="a tiny SDXL model instead (two text encoders)")
     p = sub.add_parser("info", help="print the generation parameters stored in a PNG/JPEG/WEBP")
     p.add_argument("image", type=Path)
     return parser
@@ -76,7 +77,7 @@ def _dispatch(args) -> int:
     quiet_libraries()
 
     if args.command == "make-test-model":
-        return commands.make_test_model(args.target)
+        return commands.make_test_model(args.target, architecture="tiny-sdxl" if args.sdxl else "tiny-sd1")
     if args.command == "info":
         return commands.info(args.image)
     from generation.config import load_config

@@ -65,3 +65,7 @@ def test_make_test_model_writes_both_forms(tmp_path):
     result = easel("make-test-model", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo" / "model_index.json").exists() and (tmp_path / "demo.safetensors").exists()
+    result = easel("make-test-model", "--sdxl", str(tmp_path / "xl"))
+    assert result.returncode == 0, result.stderr
+    assert "StableDiffusionXLPipeline" in (tmp_path / "xl" / "model_index.json").read_text()
+    assert (tmp_path / "xl.safetensors").exists()
