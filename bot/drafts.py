@@ -19,6 +19,7 @@ import discord
 
 from generation.config import LimitsConfig
 from generation.errors import EaselError
+from generation.prompt_parser import extra_network_tags, without_extra_networks
 from generation.requests import MAX_SEED
 from generation.samplers import resolve_sampler
 
@@ -54,12 +55,15 @@ def draft_from_infotext(fields: Mapping[str, Any], *, limits: LimitsConfig,
     A value this bot cannot use (unknown sampler or model, out of its limits) is left out, so the
     member's and server's defaults fill it, and is named in `ignored`.
     """
-    prompt = str(fields.get("prompt") or "").strip()
+    prompt, negative = str(fields.get("prompt") or "").strip(), str(fields.get("negative_prompt") or "")
+    ignored: list[str] = []
+    tags = extra_network_tags(prompt) + extra_network_tags(negative)
+    if tags:  # LoRA etc.: not here, and A1111 never reads these tags as words
+        prompt, negative = without_extra_networks(prompt).strip(), without_extra_networks(negative).strip()
+        ignored.append(f"{', '.join(tags)} (LoRA and other extra networks are not supported here)")
     if not prompt:
         raise DraftError("that image's parameters have no prompt, so there is nothing to generate from")
-    given: dict[str, Any] = {"prompt": prompt, "negative_prompt": str(fields.get("negative_prompt") or ""),
-                             "count": 1}
-    ignored: list[str] = []
+    given: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "count": 1}
 
     sampler = fields.get("sampler")
     if sampler:

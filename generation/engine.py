@@ -29,7 +29,7 @@ from .images import load_user_image
 from .infotext import format_infotext
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
 from .previews import latents_to_preview
-from .prompt_parser import prompt_parts, prompt_schedule
+from .prompt_parser import extra_network_tags, prompt_parts, prompt_schedule
 from .registry import TEXT_ENCODER_WIDTH, ModelRegistry
 from .requests import GenerationRequest, validate_request
 from .samplers import make_scheduler, resolve_sampler
@@ -119,6 +119,10 @@ class Engine:
                                     f"{info.name} needs {width} ({ARCHITECTURES[info.architecture].label})")
             elif not embedding.usable:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
+        tags = extra_network_tags(request.prompt) + extra_network_tags(request.negative_prompt)
+        if tags:
+            problems.append(f"LoRA and other extra networks are not supported yet: {', '.join(tags[:5])}; "
+                            "remove them to generate without")
         parts, max_parts = len(prompt_parts(request.prompt)), self.config.limits.max_prompt_parts
         if parts > max_parts:
             problems.append(f"the prompt has {parts} parts joined by AND; the limit is {max_parts}")

@@ -23,10 +23,12 @@ from .errors import PromptError
 
 __all__ = [
     "BREAK",
+    "extra_network_tags",
     "parse_attention",
-    "prompt_schedule",
     "prompt_parts",
+    "prompt_schedule",
     "split_and",
+    "without_extra_networks",
 ]
 
 # The marker fragment `parse_attention` emits for the BREAK keyword.
@@ -450,3 +452,26 @@ def prompt_parts(prompt: str) -> list[tuple[str, float]]:
     if len(parts) == 1 and parts[0][1] == 1.0:
         return [(prompt, 1.0)]
     return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Extra networks
+# ---------------------------------------------------------------------------------------------
+
+# A1111's extra-network syntax (`<lora:name:0.8>`, `<hypernet:name:1>`, `<lyco:...>`), its own pattern.
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+
+
+def extra_network_tags(prompt: str) -> list[str]:
+    """The A1111 extra-network tags in `prompt`, as written (easel has no LoRA or hypernetworks:
+    A1111 removes these tags before encoding, so they must not be read as words).
+
+    >>> extra_network_tags("a cat <lora:fluffy:0.8>, <hypernet:x:1>")
+    ['<lora:fluffy:0.8>', '<hypernet:x:1>']
+    """
+    return [match.group(0) for match in _EXTRA_NETWORK.finditer(prompt)]
+
+
+def without_extra_networks(prompt: str) -> str:
+    """`prompt` with its extra-network tags removed (as A1111 does before encoding)."""
+    return _EXTRA_NETWORK.sub("", prompt)

@@ -295,3 +295,10 @@ def test_token_counts_see_multi_vector_embeddings_as_the_loaded_tokenizer_does(e
         prompt = "cat " * cats + "a1111pt"
         assert engine.token_count(prompt) == truth.token_count(prompt) == tokens
         assert engine.prompt_chunks(tiny_request(prompt=prompt)) == len(truth.tokenize(prompt).chunks) == chunks
+
+
+def test_lora_tags_are_refused_clearly_not_read_as_words(engine):
+    with pytest.raises(InvalidRequest, match=r"LoRA and other extra networks are not supported yet: "
+                                             r"<lora:fluffy:0.8>, <hypernet:old:1>; remove them"):
+        engine.check_request(tiny_request(prompt="a cat <lora:fluffy:0.8>", negative_prompt="<hypernet:old:1>"))
+    engine.check_request(tiny_request(prompt="a <cat> and (dog:1.2)"))  # angle brackets alone are text

@@ -184,3 +184,11 @@ def test_entry_for_step_follows_a1111_zero_based_rule():
 ])
 def test_split_and(prompt, expected):
     assert split_and(prompt) == expected
+
+
+def test_extra_network_tags_follow_a1111s_pattern():
+    from generation.prompt_parser import extra_network_tags, without_extra_networks
+
+    prompt = "a cat <lora:fluffy:0.8>, <lyco:x:1:0.5> <notatag> <a:b"
+    assert extra_network_tags(prompt) == ["<lora:fluffy:0.8>", "<lyco:x:1:0.5>"]
+    assert without_extra_networks(prompt) == "a cat ,  <notatag> <a:b"
