@@ -262,3 +262,23 @@ async def test_commands_sync_to_a_development_guild_when_configured(models_dir, 
             fake.add_member(guild, name=name)
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake, discord={"dev_guild_id": guild.id}):
             assert "imagine" in {c["name"] for c in fake.commands(guild)}
+
+
+async def test_sdxl_checkpoint_with_a_composable_prompt_and_a_lora_refusal(tmp_path):
+    from generation.testing import write_test_model
+
+    models = tmp_path / "models"
+    write_test_model(models / "checkpoints" / "xl", architecture="tiny-sdxl")
+    async with easel_on_fake_discord(models, tmp_path / "data", models={"default_checkpoint": "xl"}) as env:
+        refused = await env.fake.invoke_command("imagine", {"prompt": "a cat <lora:fluffy:0.8>"},
+                                                user=env.alice, guild=env.guild, channel=env.channel)
+        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        assert "not supported yet: <lora:fluffy:0.8>" in message.content
+        prompt = "a cat AND a [red|blue] hat:0.6"
+        interaction = await env.fake.invoke_command("imagine", {"prompt": prompt, "steps": 3, "seed": 9},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+        message = await interaction.wait_for_original(finished, timeout=60)
+        infotext = read_infotext(message.attachments[0].data)
+        assert infotext.startswith(prompt + "\n") and "Model: xl," in infotext and "Seed: 9," in infotext
+        fields = {field["name"]: field["value"] for field in message.embeds[0]["fields"]}
+        assert fields["Tokens"] == str(env.app.engine.token_count(prompt, steps=3))
