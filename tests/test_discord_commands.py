@@ -71,7 +71,7 @@ def embedding_file(vectors: int = 1, width: int = EMBEDDING_WIDTH) -> bytes:
     return safetensors_bytes({"emb_params": torch.randn(vectors, width, generator=torch.Generator().manual_seed(3))})
 
 
-async def bot_sees(predicate, timeout: float = 5.0):
+async def bot_sees(predicate, timeout: float = 15.0):
     """Polls the bot's own cache (the fake's change signal does not cover it)."""
     async def poll():
         while not predicate():

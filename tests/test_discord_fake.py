@@ -221,7 +221,7 @@ def fake_channel(env: Env) -> FakeChannel:
 
 
 async def next_error(probes: Probes) -> BaseException:
-    return await asyncio.wait_for(probes.errors.get(), timeout=5)
+    return await asyncio.wait_for(probes.errors.get(), timeout=15)
 
 
 async def test_login_ready_and_guild_available() -> None:
@@ -356,7 +356,7 @@ async def test_button_click_reaches_dynamic_item() -> None:
         command = await env.fake.invoke_command("imagine", {"prompt": "x"}, user=env.alice, guild=env.guild)
         (followup,) = await command.wait_for_followups(1)
         click = await env.fake.click_button(followup, "job:42:reroll", user=env.alice)
-        assert await asyncio.wait_for(env.bot.probes.rerolls.get(), timeout=5) == 42
+        assert await asyncio.wait_for(env.bot.probes.rerolls.get(), timeout=15) == 42
         reply = await click.wait_for_original()
         assert click.callback_type == 4 and reply.ephemeral and reply.content == "Rerolling job 42"
         assert env.fake.messages(fake_channel(env))[-1].id == followup.id  # ephemeral replies stay private
@@ -444,7 +444,7 @@ async def test_user_reaction_reaches_bot() -> None:
     async with running_bot() as env:
         message = await env.fake.send_message(fake_channel(env), "look at this", user=env.alice)
         await env.fake.add_reaction(message, "🎲", user=env.alice)
-        payload = await asyncio.wait_for(env.bot.probes.reactions.get(), timeout=5)
+        payload = await asyncio.wait_for(env.bot.probes.reactions.get(), timeout=15)
         assert (payload.message_id, payload.user_id, str(payload.emoji)) == (message.id, env.alice.id, "🎲")
         assert payload.member is not None and payload.member.name == "alice"
         assert payload.guild_id == env.guild.id and not payload.burst

@@ -291,13 +291,13 @@ class FakeDiscord:
             is_global=is_global,
         ))
 
-    async def wait_for(self, predicate: Callable[[], _T], timeout: float = 5.0) -> _T:
+    async def wait_for(self, predicate: Callable[[], _T], timeout: float = 15.0) -> _T:
         """Waits until predicate() is truthy (re-checked on every state change) and returns it."""
         return await self.state.changed.wait_for(
             predicate, timeout=timeout, describe=lambda: f"{len(self.state.requests)} requests recorded"
         )
 
-    async def wait_until_ready(self, timeout: float = 5.0) -> None:
+    async def wait_until_ready(self, timeout: float = 15.0) -> None:
         """Waits until a client has identified and received READY and every GUILD_CREATE."""
         await self.wait_for(lambda: bool(self.gateway.live_sessions), timeout)
 

@@ -595,22 +595,22 @@ class FakeInteraction:
             f"followups={len(self.followup_ids)} responses={[r.kind for r in self.responses]}"
         )
 
-    async def wait_for(self, predicate: Callable[[FakeInteraction], _T], timeout: float = 5.0) -> _T:
+    async def wait_for(self, predicate: Callable[[FakeInteraction], _T], timeout: float = 15.0) -> _T:
         """Waits until predicate(self) is truthy and returns its value."""
         return await self.state.changed.wait_for(lambda: predicate(self), timeout=timeout, describe=self.describe)
 
-    async def wait_until_acknowledged(self, timeout: float = 5.0) -> int:
+    async def wait_until_acknowledged(self, timeout: float = 15.0) -> int:
         """Waits for the interaction callback; returns its type (4, 5, 6, 7, 8 or 9)."""
         await self.wait_for(lambda interaction: interaction.acknowledged, timeout)
         assert self.callback_type is not None
         return self.callback_type
 
-    async def wait_for_followups(self, count: int = 1, timeout: float = 5.0) -> list[FakeMessage]:
+    async def wait_for_followups(self, count: int = 1, timeout: float = 15.0) -> list[FakeMessage]:
         await self.wait_for(lambda interaction: len(interaction.followup_ids) >= count, timeout)
         return self.followups
 
     async def wait_for_original(
-        self, predicate: Callable[[FakeMessage], bool] = lambda message: not message.loading, timeout: float = 5.0
+        self, predicate: Callable[[FakeMessage], bool] = lambda message: not message.loading, timeout: float = 15.0
     ) -> FakeMessage:
         """Waits until the original response exists and satisfies predicate (default: not loading)."""
 
