@@ -232,38 +232,30 @@ class PromptEncoder:
         """Per text encoder, [len(chunks), 77, dim] float32 hidden states before emphasis; and for
         SDXL the pooled projections [len(chunks), proj] (else None)."""
         if not self.is_sdxl:
-            return [self._run_one_encoder(self._padded_ids(chunks, self._pad))], None
-        first = self._run_sdxl_encoder(self.text_encoder, self._padded_ids(chunks, self._pad))[0]
-        second, pooled = self._run_sdxl_encoder(self.text_encoder_2, self._padded_ids(chunks, self._pad_2))
+            return [self._run_text_encoder(self.text_encoder, self._padded_ids(chunks, self._pad))[0]], None
+        first, _ = self._run_text_encoder(self.text_encoder, self._padded_ids(chunks, self._pad))
+        second, pooled = self._run_text_encoder(self.text_encoder_2, self._padded_ids(chunks, self._pad_2))
         return [first, second], pooled
 
-    def _run_sdxl_encoder(self, encoder: PreTrainedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run_text_encoder(self, encoder: PreTrainedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One encoder's chosen layer for every row, and its pooled projection if it has one."""
         hidden, pooled = [], []
         with torch.no_grad():
             for start in range(0, len(rows), _ENCODER_BATCH):
                 input_ids = torch.tensor(rows[start:start + _ENCODER_BATCH], dtype=torch.long, device=encoder.device)
-                result = encoder(input_ids=input_ids, output_hidden_states=True)
-                hidden.append(result.hidden_states[-(self.clip_skip + 1)].float())
+                result = encoder(input_ids=input_ids, output_hidden_states=self.is_sdxl or self.clip_skip > 1)
+                if self.is_sdxl:  # the penultimate layer (further back with clip skip), no final norm
+                    layer = result.hidden_states[-(self.clip_skip + 1)]
+                elif self.clip_skip > 1:
+                    # transformers 5 flattened CLIPTextModel; older versions nest it under text_model.
+                    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+                    layer = final_norm(result.hidden_states[-self.clip_skip])
+                else:
+                    layer = result.last_hidden_state
+                hidden.append(layer.float())
                 if getattr(result, "text_embeds", None) is not None:
                     pooled.append(result.text_embeds.float())
         return torch.cat(hidden), (torch.cat(pooled) if pooled else None)
-
-    def _run_one_encoder(self, rows: list[list[int]]) -> torch.Tensor:
-        device = self.text_encoder.device
-        outputs = []
-        with torch.no_grad():
-            for start in range(0, len(rows), _ENCODER_BATCH):
-                input_ids = torch.tensor(rows[start:start + _ENCODER_BATCH], dtype=torch.long, device=device)
-                if self.clip_skip > 1:
-                    result = self.text_encoder(input_ids=input_ids, output_hidden_states=True)
-                    hidden = result.hidden_states[-self.clip_skip]
-                    # transformers 5 flattened CLIPTextModel; older versions nest it under text_model.
-                    final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
-                    hidden = final_norm(hidden)
-                else:
-                    hidden = self.text_encoder(input_ids=input_ids).last_hidden_state
-                outputs.append(hidden.float())
-        return torch.cat(outputs)
 
     def _empty_chunk_ids(self) -> PromptChunk:
         return _ChunkBuilder(bos=self._bos, eos=self._eos, comma=None, backtrack=0).finish().chunks[0]

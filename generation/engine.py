@@ -100,7 +100,7 @@ class Engine:
     def __init__(self, *, config: Config, registry: ModelRegistry, cache: PipelineCache | None = None):
         self.config = config
         self.registry = registry
-        self._counters: dict[tuple, object] = {}
+        self._counter: tuple[tuple, object] | None = None  # (the embeddings it knows, the counting encoder)
         self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
                                             device=DeviceSpec.choose(config.device.device))
 
@@ -144,16 +144,15 @@ class Engine:
         from .conditioning import PromptEncoder
 
         embeddings = tuple((e.trigger, e.vectors) for e in self.registry.embeddings if e.vectors)
-        counter = self._counters.get(embeddings)
-        if counter is None:
+        if self._counter is None or self._counter[0] != embeddings:  # rebuilt after a refresh changed them
             tokenizer = sd_clip_tokenizer()
             tokenizer.add_tokens([name for trigger, vectors in embeddings
                                   for name in [trigger] + [f"{trigger}_{i}" for i in range(1, vectors)]])
             # Counting needs only the tokenizer; the encoder object is asked just for its layer count.
             text_encoder = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=12))
-            counter = PromptEncoder(tokenizer, text_encoder, max_chunks=self.config.limits.max_prompt_chunks)
-            self._counters = {embeddings: counter}  # one set of embeddings at a time; rebuilt after a refresh
-        return counter
+            self._counter = (embeddings, PromptEncoder(tokenizer, text_encoder,
+                                                      max_chunks=self.config.limits.max_prompt_chunks))
+        return self._counter[1]
 
     def token_count(self, prompt: str, *, steps: int = 20) -> int:
         """Tokens as A1111 counts them under a prompt (75 per chunk; the longest AND-part), with the

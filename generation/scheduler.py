@@ -20,6 +20,7 @@ Model (start-time fair queueing, one FIFO queue and one virtual clock per member
 
 from __future__ import annotations
 
+import abc
 import heapq
 from bisect import insort
 from collections import deque
@@ -101,7 +102,7 @@ class JobScheduler(Protocol):
     def __contains__(self, job_id: object) -> bool: ...
 
 
-class _SchedulerBase:
+class _SchedulerBase(abc.ABC):
     """What both schedulers answer the same way; subclasses define `_service_order`."""
 
     def __init__(self, policy: SchedulerPolicy) -> None:
@@ -112,9 +113,9 @@ class _SchedulerBase:
     def policy(self) -> SchedulerPolicy:
         return self._policy
 
+    @abc.abstractmethod
     def _service_order(self) -> Iterator[QueuedJob]:
         """Every queued job in the order it would be served if nothing changed; mutates nothing."""
-        raise NotImplementedError
 
     def jobs(self) -> list[QueuedJob]:
         """Queued jobs in estimated service order."""

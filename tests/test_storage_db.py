@@ -215,25 +215,32 @@ def test_failed_upgrade_restores_the_backup(tmp_path: Path) -> None:
     assert len(backups_of(db_path)) == 1
 
 
-def test_broken_migration_script_leaves_the_database_as_it_was(tmp_path: Path) -> None:
-    db_path = tmp_path / "easel.sqlite3"
-    seed_rows_at_0001(db_path)
-    upgrade_database(db_path)
+def migrations_with_0003(tmp_path: Path, name: str, upgrade_body: str) -> Path:
+    """A copy of the project's migrations plus a revision 0003 whose upgrade() runs `upgrade_body`."""
     scripts = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_broken.py").write_text(
+    (scripts / "versions" / f"0003_{name}.py").write_text(
         'revision = "0003"\n'
         'down_revision = "0002"\n'
         "branch_labels = None\n"
         "depends_on = None\n"
         "from alembic import op\n"
         "def upgrade():\n"
-        '    op.execute("CREATE TABLE broken (x)")\n'
-        '    op.execute("DELETE FROM jobs")\n'
-        '    raise RuntimeError("bad migration")\n'
+        f"{upgrade_body}"
         "def downgrade():\n"
         "    pass\n"
     )
+    return scripts
+
+
+def test_broken_migration_script_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    db_path = tmp_path / "easel.sqlite3"
+    seed_rows_at_0001(db_path)
+    upgrade_database(db_path)
+    scripts = migrations_with_0003(tmp_path, "broken",
+                                   '    op.execute("CREATE TABLE broken (x)")\n'
+                                   '    op.execute("DELETE FROM jobs")\n'
+                                   '    raise RuntimeError("bad migration")\n')
 
     with pytest.raises(MigrationError, match="bad migration"):
         upgrade_database(db_path, script_location=scripts)
@@ -251,20 +258,9 @@ def test_rebuilding_a_parent_table_in_a_migration_keeps_its_children(tmp_path: P
     db_path = tmp_path / "easel.sqlite3"
     seed_rows_at_0001(db_path)
     upgrade_database(db_path)
-    scripts = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_rebuild_jobs.py").write_text(
-        'revision = "0003"\n'
-        'down_revision = "0002"\n'
-        "branch_labels = None\n"
-        "depends_on = None\n"
-        "from alembic import op\n"
-        "def upgrade():\n"
-        '    with op.batch_alter_table("jobs", recreate="always"):\n'
-        "        pass\n"
-        "def downgrade():\n"
-        "    pass\n"
-    )
+    scripts = migrations_with_0003(tmp_path, "rebuild_jobs",
+                                   '    with op.batch_alter_table("jobs", recreate="always"):\n'
+                                   "        pass\n")
     upgrade_database(db_path, script_location=scripts)
     assert current_revision(db_path) == "0003"
     with sqlite3.connect(db_path) as connection:
