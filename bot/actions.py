@@ -5,15 +5,14 @@ No discord objects come in: only ids and flags, so tests call these directly.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 
 from generation.errors import EaselError
-from generation.requests import RANDOM_SEED, GenerationRequest
+from generation.requests import GenerationRequest
 from generation.service import ReplyTarget
+from generation.submission import Ask, Requester
 
 from .context import AppContext
-from .rules import check_channel, check_request_rules
 
 
 class NotFound(EaselError):
@@ -29,22 +28,33 @@ async def job_for_message(app: AppContext, message_id: int):
 
 async def reroll(app: AppContext, job_id: int, *, user_id: int, guild_id: int | None, channel_id: int | None,
                  application_id: int | None = None, interaction_token: str | None = None,
-                 interaction_created_at: datetime | None = None):
-    """The same request with a new seed, as the member's own job (their limits apply)."""
+                 interaction_created_at: datetime | None = None, channel_nsfw: bool = False):
+    """The same request with a new seed, as the member's own job, through the one submission path
+    (this server's rules, the checkpoint gate, caps and moderation apply to the new member)."""
     job = await app.store.jobs.get(job_id)
     if job is None:
         raise NotFound("that result is gone; start a new /imagine")
-    request = dataclasses.replace(GenerationRequest.from_dict(job.request), seed=RANDOM_SEED)
-    guild = await app.store.guilds.get_settings(guild_id) if guild_id else {}
-    check_channel(guild, channel_id)
-    check_request_rules(request, guild)
-    return await app.service.submit(request, owner_id=user_id, target=ReplyTarget(
-        frontend="discord", guild_id=guild_id, channel_id=channel_id, application_id=application_id,
-        interaction_token=interaction_token, interaction_created_at=interaction_created_at))
+    ask = Ask.again(GenerationRequest.from_dict(job.request), seed=None)
+    return await app.submissions.submit(ask, Requester(
+        user_id=user_id, channel_nsfw=channel_nsfw,
+        target=ReplyTarget(frontend="discord", guild_id=guild_id, channel_id=channel_id, application_id=application_id,
+                           interaction_token=interaction_token, interaction_created_at=interaction_created_at)))
 
 
 def may_delete(job, *, user_id: int, can_manage_messages: bool) -> bool:
+    """The one delete rule for the button and the reaction: the requester, or Manage Messages in that channel."""
     return job is not None and (job.owner_id == user_id or can_manage_messages)
+
+
+async def job_is_on_message(app: AppContext, job_id: int, message_id: int | None) -> bool:
+    """Whether the message is this job's result (or its status message), so a button copied onto
+    another message cannot act on that message in this job's name."""
+    if message_id is None:
+        return False
+    if any(image.job_id == job_id for image in await app.store.images.get_by_message(message_id)):
+        return True
+    job = await app.store.jobs.get(job_id)
+    return job is not None and job.response_message_id == message_id
 
 
 async def infotext_of(app: AppContext, job_id: int) -> str:

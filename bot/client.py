@@ -11,18 +11,14 @@ from discord.ext import commands
 from .context import AppContext
 from .errors import send_error
 from .presenter import Presenter
-from .views import DYNAMIC_ITEMS
+from .views import DYNAMIC_ITEMS, refuse_in_dms
 
 log = logging.getLogger(__name__)
 
 
 class EaselTree(app_commands.CommandTree):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        app = interaction.client.app  # type: ignore[attr-defined]
-        if interaction.guild_id is None and not app.config.discord.allow_dms:
-            await interaction.response.send_message("easel works in servers only.", ephemeral=True)
-            return False
-        return True
+        return not await refuse_in_dms(interaction)
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await send_error(interaction, error)
@@ -33,8 +29,10 @@ class EaselBot(commands.Bot):
         # Slash commands, buttons and reactions only: no message-content intent is needed.
         intents = discord.Intents.default()
         intents.message_content = False
+        # Prompts are members' text: no message may ping @everyone, @here or a role. The few that mean
+        # to ping the one member who asked name that user alone.
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, tree_cls=EaselTree,
-                         help_command=None, **client_options)
+                         help_command=None, allowed_mentions=discord.AllowedMentions.none(), **client_options)
         self.app = app
         self.presenter = Presenter(bot=self, app=app, edit_interval=app.config.discord.progress_edit_interval_s)
 

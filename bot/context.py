@@ -8,6 +8,8 @@ from generation.config import Config
 from generation.engine import Engine
 from generation.registry import ModelRegistry
 from generation.service import GenerationService
+from generation.submission import Submissions
+from generation.uploads import UploadStore
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,5 @@ class AppContext:
     registry: ModelRegistry
     engine: Engine
     service: GenerationService
-
-    @property
-    def uploads_dir(self):
-        return self.config.data_dir / "uploads"
+    submissions: Submissions  # the one way a request becomes a job
+    uploads: UploadStore

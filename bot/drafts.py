@@ -17,19 +17,22 @@ from typing import Any
 
 import discord
 
-from generation.config import LimitsConfig
+from generation.config import LimitsConfig, RetentionConfig
 from generation.errors import EaselError
 from generation.prompt_parser import extra_network_tags, without_extra_networks
 from generation.requests import MAX_SEED
 from generation.samplers import resolve_sampler
+from generation.submission import Ask
 
 from .errors import send_error
 
 log = logging.getLogger(__name__)
 
 DRAFT_KEY_PREFIX = "draft:"
-DRAFT_LIFETIME = timedelta(days=30)  # older drafts are deleted when a new one is saved
 DRAFT_ID = re.compile(r"^[0-9a-f]{16}$")
+# What a draft may set: Ask fields (a stored draft is read back through this list only).
+DRAFT_FIELDS = frozenset({"prompt", "negative_prompt", "checkpoint", "sampler", "schedule", "steps", "cfg_scale",
+                          "width", "height", "seed", "count", "clip_skip"})
 
 
 class DraftError(EaselError):
@@ -63,6 +66,10 @@ def draft_from_infotext(fields: Mapping[str, Any], *, limits: LimitsConfig,
         ignored.append(f"{', '.join(tags)} (LoRA and other extra networks are not supported here)")
     if not prompt:
         raise DraftError("that image's parameters have no prompt, so there is nothing to generate from")
+    for what, text in (("prompt", prompt), ("negative prompt", negative)):
+        if len(text) > limits.max_prompt_chars:
+            raise DraftError(f"that image's {what} has {len(text):,} characters; the limit here is "
+                             f"{limits.max_prompt_chars:,}, so it cannot be generated again")
     given: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "count": 1}
 
     sampler = fields.get("sampler")
@@ -129,13 +136,17 @@ def new_draft_id() -> str:
     return secrets.token_hex(8)
 
 
-async def save_draft(store, draft: Draft, *, owner_id: int, now: datetime | None = None) -> str:
+async def save_draft(store, draft: Draft, *, owner_id: int, retention: RetentionConfig,
+                     now: datetime | None = None) -> str:
+    """Keep a draft; drafts older than `[retention] drafts_days` go, and so do the member's oldest
+    beyond `max_drafts_per_member`."""
     now = now or datetime.now(timezone.utc)
     draft_id = new_draft_id()
     await store.settings.set(DRAFT_KEY_PREFIX + draft_id, {
         "given": draft.given, "ignored": list(draft.ignored), "owner_id": owner_id, "created_at": now.isoformat(),
     })
-    await store.settings.delete_stale(DRAFT_KEY_PREFIX, created_before=now - DRAFT_LIFETIME)
+    await store.settings.delete_stale(DRAFT_KEY_PREFIX, created_before=now - timedelta(days=retention.drafts_days))
+    await store.settings.trim_owner(DRAFT_KEY_PREFIX, owner_id, retention.max_drafts_per_member)
     return draft_id
 
 
@@ -145,7 +156,8 @@ async def load_draft(store, draft_id: str) -> Draft | None:
     value = await store.settings.get(DRAFT_KEY_PREFIX + draft_id)
     if not isinstance(value, dict) or not isinstance(value.get("given"), dict):
         return None
-    return Draft(given=dict(value["given"]), ignored=tuple(value.get("ignored", ())))
+    given = {key: item for key, item in value["given"].items() if key in DRAFT_FIELDS}
+    return Draft(given=given, ignored=tuple(value.get("ignored", ())))
 
 
 class DraftButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:draft:(?P<draft_id>[0-9a-f]{16})"):
@@ -158,6 +170,11 @@ class DraftButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:dr
     async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(match["draft_id"])
 
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        from .views import refuse_in_dms  # the same DM rule as slash commands and result buttons
+
+        return not await refuse_in_dms(interaction)
+
     async def callback(self, interaction: discord.Interaction) -> None:
         from .cogs.imagine import submit_from_interaction
 
@@ -166,7 +183,7 @@ class DraftButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:dr
             draft = await load_draft(app.store, self.draft_id)
             if draft is None:
                 raise DraftError("those parameters are no longer stored; run /info on the image again")
-            await submit_from_interaction(app, interaction, dict(draft.given), mode="txt2img")
+            await submit_from_interaction(app, interaction, Ask(mode="txt2img", **draft.given))
         except EaselError as exc:
             await send_error(interaction, exc)
 

@@ -21,6 +21,8 @@ def describe(error: BaseException) -> str:
         return "you need the Manage Server permission for that"
     if isinstance(error, app_commands.NoPrivateMessage):
         return "that command works only in a server"
+    if isinstance(error, app_commands.CheckFailure) and str(error) and type(error) is not app_commands.CheckFailure:
+        return str(error)  # our own checks say what is wrong
     if isinstance(error, app_commands.CheckFailure):
         return "you cannot use that command here"
     if isinstance(error, app_commands.TransformerError):

@@ -18,6 +18,7 @@ MAX_CONTENT = 2000
 MAX_EMBED_DESCRIPTION = 4096
 MAX_FIELD_VALUE = 1024
 MAX_CHOICE_NAME = 100
+MAX_OPTION_CHARS = 6000  # the longest text a slash-command string option may declare
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -172,6 +173,11 @@ def guild_settings_lines(settings: Mapping[str, Any]) -> list[str]:
     lines.append("**Channels:** " + (", ".join(f"<#{c}>" for c in channels) if channels else "every channel"))
     words = list(settings.get("banned_words", []) or [])
     lines.append("**Banned words:** " + (", ".join(f"||{escape(w)}||" for w in words) if words else "none"))
+    nsfw = list(settings.get("nsfw_words", []) or [])
+    lines.append("**NSFW filter:** " + ("on, outside age-restricted channels" if settings.get("nsfw_filter") else "off")
+                 + (f" (+{len(nsfw)} words of this server)" if nsfw else ""))
+    hidden = list(settings.get("disabled_checkpoints", []) or [])
+    lines.append("**Checkpoints turned off here:** " + (", ".join(escape(n) for n in hidden) if hidden else "none"))
     return lines
 
 

@@ -35,7 +35,7 @@ def member_setting_changes(*, current: Mapping[str, Any], limits: LimitsConfig, 
                            sampler: str | None = None, schedule: str | None = None, steps: int | None = None,
                            width: int | None = None, height: int | None = None, cfg_scale: float | None = None,
                            negative_prompt: str | None = None) -> dict[str, Any]:
-    """The validated changes to a member's stored defaults (keys of bot.rules.MEMBER_SETTINGS).
+    """The validated changes to a member's stored defaults (keys of generation.rules.MEMBER_SETTINGS).
 
     A sampler is stored in its canonical spelling; "DPM++ 2M Karras" stores sampler and schedule.
     Raises InvalidSetting naming every problem.
@@ -126,6 +126,12 @@ def allowed_channels_after(current: list[int] | None, channel_id: int, *, allowe
     elif not allowed:
         channels = [c for c in channels if c != channel_id]
     return channels
+
+
+def disabled_checkpoints_after(current: list[str] | None, name: str, *, enabled: bool) -> list[str]:
+    """A server's hidden checkpoints after an admin enabled or disabled `name` there."""
+    hidden = [str(n) for n in current or [] if n != name]
+    return hidden if enabled else hidden + [name]
 
 
 def normalized_banned_word(word: str) -> str:

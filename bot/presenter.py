@@ -62,6 +62,11 @@ def result_embed(job, request: GenerationRequest, images, *, token_count: int | 
     return embed
 
 
+def owner_only(job) -> discord.AllowedMentions:
+    """Ping the member who asked and nobody else, whatever the prompt in the embed or content says."""
+    return discord.AllowedMentions(everyone=False, roles=False, replied_user=False, users=[discord.Object(job.owner_id)])
+
+
 class Presenter:
     def __init__(self, *, bot: discord.Client, app: AppContext, edit_interval: float,
                  now=lambda: datetime.now(timezone.utc)):
@@ -158,7 +163,8 @@ class Presenter:
         # No interaction (a reaction reroll): one status message in the channel, edited in place.
         channel = self.bot.get_partial_messageable(job.channel_id)
         if job.response_message_id is None:
-            message = await channel.send(f"<@{job.owner_id}> {text}", allowed_mentions=discord.AllowedMentions(users=False))
+            # The one ping of a reaction reroll: its result later replaces this message, and edits never notify.
+            message = await channel.send(f"<@{job.owner_id}> {text}", allowed_mentions=owner_only(job))
             await self.app.store.jobs.set_response_message(job.id, message.id)
             await self._job(job.id, fresh=True)
         else:
@@ -221,7 +227,7 @@ class Presenter:
 
     async def _send(self, job, content: str, *, embed=None, uploads: list[tuple[str, bytes]] = (), view=None):
         """Edit the command's response while its token lives; otherwise post in the channel."""
-        mentions = discord.AllowedMentions(users=True)
+        mentions = owner_only(job)
 
         def files() -> list[discord.File]:  # a discord.File is consumed by one request
             return [discord.File(io.BytesIO(data), name) for name, data in uploads]
@@ -239,5 +245,6 @@ class Presenter:
         if job.response_message_id is not None and not job.interaction_token:
             # a reaction reroll: replace its status message with the result
             message = channel.get_partial_message(job.response_message_id)
-            return await message.edit(content=content, embed=embed, attachments=files(), view=view)
+            return await message.edit(content=content, embed=embed, attachments=files(), view=view,
+                                      allowed_mentions=mentions)
         return await channel.send(content, embed=embed, files=files(), view=view, allowed_mentions=mentions)

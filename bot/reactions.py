@@ -27,6 +27,8 @@ class Reactions(commands.Cog):
             return
         if payload.member is not None and payload.member.bot:
             return
+        if payload.guild_id is None and not self.app.config.discord.allow_dms:
+            return  # the DM switch covers reactions too; no reply, as for any reaction we ignore
         emoji = str(payload.emoji)
         if emoji not in (REROLL_EMOJI, DELETE_EMOJI):
             return
@@ -35,7 +37,7 @@ class Reactions(commands.Cog):
             return  # not one of our results
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         if emoji == DELETE_EMOJI:
-            can_manage = bool(payload.member and payload.member.guild_permissions.manage_messages)
+            can_manage = self._can_manage_messages(payload)
             if actions.may_delete(job, user_id=payload.user_id, can_manage_messages=can_manage):
                 await channel.get_partial_message(payload.message_id).delete()
             return
@@ -46,3 +48,16 @@ class Reactions(commands.Cog):
             # No interaction to answer privately: a short reply in the channel, to that member only.
             await channel.send(f"<@{payload.user_id}> ⚠️ {exc}", delete_after=30,
                                allowed_mentions=discord.AllowedMentions(users=[discord.Object(payload.user_id)]))
+
+    def _can_manage_messages(self, payload: discord.RawReactionActionEvent) -> bool:
+        """Manage Messages in the reaction's channel, as Discord computes it for the Delete button."""
+        member = payload.member
+        if member is None:
+            return False  # a DM: nobody moderates there
+        channel = member.guild.get_channel_or_thread(payload.channel_id)
+        if channel is None:
+            # Not cached (e.g. a thread the bot has not seen since it started), so its overwrites are
+            # unknown: the member's server-wide permission is the best evidence left, and refusing
+            # would leave moderators unable to clean up there.
+            return member.guild_permissions.manage_messages
+        return channel.permissions_for(member).manage_messages

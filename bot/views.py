@@ -15,8 +15,21 @@ from .errors import send_error
 log = logging.getLogger(__name__)
 
 
+DM_REFUSAL = "easel works in servers only."
+NOT_THIS_MESSAGE = "⚠️ that button does not belong to this message"
+
+
 def _app(interaction: discord.Interaction):
     return interaction.client.app  # type: ignore[attr-defined]
+
+
+async def refuse_in_dms(interaction: discord.Interaction) -> bool:
+    """True, after telling the member, when this comes from a DM and `[discord] allow_dms` is off.
+    Slash commands, result buttons and the /info draft button all ask this."""
+    if interaction.guild_id is None and not _app(interaction).config.discord.allow_dms:
+        await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
+        return True
+    return False
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:(?P<job_id>\d+):(?P<action>[a-z]+)"):
@@ -35,6 +48,21 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str]):
         return cls(int(match["job_id"]))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Runs before every button's callback: no DMs unless allowed, and the job must be this
+        message's own (a custom_id copied onto another message must not delete or reroll that one)."""
+        try:
+            if await refuse_in_dms(interaction):
+                return False
+            message_id = interaction.message.id if interaction.message else None
+            if not await actions.job_is_on_message(_app(interaction), self.job_id, message_id):
+                await interaction.response.send_message(NOT_THIS_MESSAGE, ephemeral=True)
+                return False
+            return True
+        except Exception as exc:  # discord.py drops errors raised here without a word
+            await send_error(interaction, exc)
+            return False
 
 
 class RerollButton(JobButton, template=r"easel:job:(?P<job_id>\d+):reroll"):

@@ -78,26 +78,19 @@ def _print_models(registry) -> None:
         print(f"  {embedding.trigger:<32} [{embedding.ti_hash}] {embedding.vectors} x {embedding.width}  {status}")
 
 
-def request_from_args(config: Config, args, *, architecture: str = "") -> "GenerationRequest":
-    """The request the arguments ask for; a size left out is the checkpoint `architecture`'s default."""
-    from generation.requests import GenerationRequest, default_size
+def ask_from_args(args) -> "Ask":
+    """What the arguments ask for; options left out are resolved like a member's (config, then the
+    checkpoint's own size)."""
+    from generation.submission import Ask
+    from generation.uploads import FileImage
 
-    d = config.defaults
-    width, height = default_size(d, config.limits, architecture)
     mode = "inpaint" if args.mask else ("img2img" if args.init else "txt2img")
-    return GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=d.negative_prompt if args.negative is None else args.negative,
-        mode=mode, checkpoint=args.checkpoint or "",
-        sampler=args.sampler or d.sampler, schedule=args.schedule or (d.schedule if not args.sampler else "Automatic"),
-        steps=d.steps if args.steps is None else args.steps,
-        cfg_scale=d.cfg_scale if args.cfg is None else args.cfg,
-        width=width if args.width is None else args.width, height=height if args.height is None else args.height,
-        seed=args.seed, count=d.count if args.count is None else args.count,
-        init_image=str(args.init) if args.init else None, mask=str(args.mask) if args.mask else None,
-        strength=d.strength if args.strength is None else args.strength,
-        clip_skip=d.clip_skip if args.clip_skip is None else args.clip_skip,
-    )
+    return Ask(prompt=args.prompt, mode=mode, negative_prompt=args.negative, checkpoint=args.checkpoint or None,
+               sampler=args.sampler, schedule=args.schedule or ("Automatic" if args.sampler else None),
+               steps=args.steps, cfg_scale=args.cfg, width=args.width, height=args.height,
+               seed=None if args.seed == -1 else args.seed, count=args.count, strength=args.strength,
+               clip_skip=args.clip_skip, init_image=FileImage(args.init) if args.init else None,
+               mask=FileImage(args.mask) if args.mask else None)
 
 
 def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:
@@ -116,36 +109,45 @@ def generate(config: Config, args, *, progress: Callable[[int, int], None]) -> i
 async def _generate(config: Config, args, progress) -> int:
     from generation.engine import Engine
     from generation.executor import LocalExecutor
-    from generation.service import GenerationService
+    from generation.service import GenerationService, cli_runner_id
+    from generation.submission import Requester, Submissions
+    from generation.uploads import UploadStore
 
     async with _store_and_models(config) as (store, registry):
         checkpoint = args.checkpoint
         if checkpoint and Path(checkpoint).exists():
             from generation.checkpoints import checkpoint_from_path
 
-            checkpoint = registry.add_external(
+            args.checkpoint = registry.add_external(
                 checkpoint_from_path(Path(checkpoint), allow_pickle=config.models.allow_pickle_checkpoints))
-        architecture = registry.resolve(checkpoint or "").architecture
-        request = dataclasses.replace(request_from_args(config, args, architecture=architecture), checkpoint=checkpoint)
         engine = Engine(config=config, registry=registry)
         executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
+        # Its own runner id: a bot beside it never takes this process's job, nor another CLI's.
         service = GenerationService(config=config, store=store, engine=engine, executor=executor,
-                                    frontend_only="cli")
+                                    runner=cli_runner_id())
+        submissions = Submissions(config=config, store=store, registry=registry, engine=engine, service=service,
+                                  uploads=UploadStore(config=config, store=store))
         try:
-            return await _run_job(service, request, args.out, progress)
+            await service.start()
+            record = await submissions.submit(ask_from_args(args), Requester(user_id=0, operator=True))
+            # Never forever: the job's own time limit, plus room for loading and saving.
+            limit = config.queue.job_timeout_s * 2 + 60
+            try:
+                return await asyncio.wait_for(_follow(service.subscribe(record.id), args.out, progress), limit)
+            except TimeoutError:
+                raise EaselError(f"no result after {limit:.0f} s; the job was left as it is") from None
         finally:
+            submissions.close()
             await service.stop()
             executor.shutdown()
 
 
-async def _run_job(service, request, out: Path, progress) -> int:
+async def _follow(events, out: Path, progress) -> int:
     import shutil
 
-    from generation.service import JobCanceled, JobFailed, JobFinished, JobProgress, ReplyTarget
+    from generation.service import JobCanceled, JobFailed, JobFinished, JobProgress
 
-    await service.start()
-    record = await service.submit(request, owner_id=0, target=ReplyTarget(frontend="cli"))
-    async for event in service.subscribe(record.id):
+    async for event in events:
         if isinstance(event, JobProgress):
             progress(event.step, event.total)
         elif isinstance(event, (JobFailed, JobCanceled)):

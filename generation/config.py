@@ -25,6 +25,8 @@ class DiscordConfig:
     dev_guild_id: int = 0  # 0: sync commands globally
     allow_dms: bool = False
     progress_edit_interval_s: float = 2.0
+    # Who may change the shared models folder (/owner ...): these ids and the application's owner(s).
+    owner_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,14 @@ class LimitsConfig:
     max_prompt_chunks: int = 6
     max_prompt_parts: int = 4
     max_clip_skip: int = 12
+    # Checked before any parsing: characters of the prompt and of the negative prompt, each.
+    max_prompt_chars: int = 4000
+    # Distinct texts prompt editing and alternation may give (each one is tokenized and encoded).
+    max_schedule_texts: int = 16
+    # Largest emphasis weight, explicit `(x:w)` or from nested brackets, and AND-part weight.
+    max_prompt_weight: float = 10.0
+    # Checking one request (parsing, tokenizing) runs off the event loop and gives up after this.
+    check_deadline_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,17 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Images members upload for /img2img and /inpaint: kept this long after their last use...
+    uploads_days: float = 30.0
+    # ...and at most this many per member (the oldest unused ones go first).
+    max_uploads_per_member: int = 50
+    # /info's "Generate with these" drafts.
+    drafts_days: float = 30.0
+    max_drafts_per_member: int = 20
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -101,6 +122,7 @@ class Config:
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     previews: PreviewsConfig = field(default_factory=PreviewsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     discord_token: str = field(default="", repr=False)  # from DISCORD_TOKEN only, never from the file
 
     @property
@@ -118,6 +140,11 @@ class Config:
     @property
     def embeddings_dir(self) -> Path:
         return self.models_dir / "embeddings"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Images members uploaded (init images, masks), one folder per member."""
+        return self.data_dir / "uploads"
 
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -142,6 +169,10 @@ def _check_value(section: str, key: str, value: Any, expected: type) -> tuple[An
     elif expected is str:
         if not isinstance(value, str):
             return value, f"{where} must be a string, not {value!r}"
+    elif expected == tuple[int, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value, f"{where} must be a list of whole numbers, not {value!r}"
+        value = tuple(value)
     return value, None
 
 
@@ -173,6 +204,10 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[limits] max_prompt_chunks must be at least 1")
     if lim.max_prompt_parts < 1:
         problems.append("[limits] max_prompt_parts must be at least 1")
+    if lim.max_prompt_chars < 1 or lim.max_schedule_texts < 1 or lim.max_prompt_weight <= 0:
+        problems.append("[limits] max_prompt_chars, max_schedule_texts and max_prompt_weight must be positive")
+    if lim.check_deadline_s <= 0:
+        problems.append("[limits] check_deadline_s must be positive")
     if config.models.pipeline_cache_size < 1:
         problems.append("[models] pipeline_cache_size must be at least 1")
     if config.previews.every_n_steps < 1:

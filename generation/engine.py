@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ from .images import load_user_image
 from .infotext import format_infotext
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
 from .previews import latents_to_preview
-from .prompt_parser import extra_network_tags, prompt_parts, prompt_schedule
+from .prompt_parser import BREAK, extra_network_tags, parse_attention, prompt_parts, prompt_schedule
 from .registry import TEXT_ENCODER_WIDTH, ModelRegistry
 from .requests import GenerationRequest, validate_request
 from .samplers import make_scheduler, resolve_sampler
+from .scheduler import job_cost
 
 log = logging.getLogger(__name__)
 
@@ -96,50 +98,112 @@ def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: i
             float(request.strength) if request.mode != "txt2img" else None, prompt_chunks)
 
 
+def _distinct_texts(prompts: Sequence[str], steps: int) -> list[str]:
+    """Each text prompt editing and alternation give over `steps`, once, in order of appearance."""
+    return list(dict.fromkeys(text for prompt in prompts for _, text in prompt_schedule(prompt, steps)))
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request that passed `Engine.check`, with what the check computed, so nothing is parsed twice."""
+
+    request: GenerationRequest
+    checkpoint: str  # the resolved checkpoint name
+    batch_key: tuple
+    cost: int
+    # What the text encoder reads: every AND part at every step, emphasis syntax applied (for moderation).
+    prompt_texts: tuple[str, ...]
+    negative_texts: tuple[str, ...]
+    token_count: int  # the longest prompt text's, as A1111 counts it
+
+
 class Engine:
     def __init__(self, *, config: Config, registry: ModelRegistry, cache: PipelineCache | None = None):
         self.config = config
         self.registry = registry
         self._counter: tuple[tuple, object] | None = None  # (the embeddings it knows, the counting encoder)
+        self._counter_lock = threading.Lock()
         self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
                                             device=DeviceSpec.choose(config.device.device))
 
     # ------------------------------------------------------------------ checks
-    def check_request(self, request: GenerationRequest) -> GenerationRequest:
-        """Everything that can be checked before queueing: limits, sampler, checkpoint, embeddings, prompt length."""
-        validate_request(request, self.config.limits)
+    def check(self, request: GenerationRequest) -> "CheckedRequest":
+        """Every check that can run before queueing, cheap ones first: the request's numbers and
+        lengths, then the prompt language (parts, scheduled texts, weights) with nothing tokenized
+        yet, then embeddings and token counts, each distinct text tokenized once. CPU work on
+        member text: frontends call this off the event loop."""
+        limits = self.config.limits
+        validate_request(request, limits)
         info = self.registry.resolve(request.checkpoint)  # raises ModelNotFound with a hint
         problems = []
+        tags = extra_network_tags(request.prompt) + extra_network_tags(request.negative_prompt)
+        if tags:
+            problems.append(f"LoRA and other extra networks are not supported yet: {', '.join(tags[:5])}; "
+                            "remove them to generate without")
+        parts = prompt_parts(request.prompt)
+        if len(parts) > limits.max_prompt_parts:
+            problems.append(f"the prompt has {len(parts)} parts joined by AND; the limit is {limits.max_prompt_parts}")
+        if any(not math.isfinite(weight) or abs(weight) > limits.max_prompt_weight for _, weight in parts):
+            problems.append(f"an AND-part weight must be between -{limits.max_prompt_weight:g} and "
+                            f"{limits.max_prompt_weight:g}")
+        texts = {"prompt": _distinct_texts([text for text, _ in parts], request.steps),
+                 "negative prompt": _distinct_texts([request.negative_prompt], request.steps)
+                 if request.negative_prompt else []}
+        for what, found in texts.items():
+            if len(found) > limits.max_schedule_texts:
+                problems.append(f"the {what} gives {len(found)} different texts through prompt editing or "
+                                f"alternation; the limit is {limits.max_schedule_texts}")
+        if problems:  # before any further parsing or tokenizing
+            raise InvalidRequest(problems)
+        plain = {what: tuple(self._plain_text(text, problems) for text in found) for what, found in texts.items()}
         width = TEXT_ENCODER_WIDTH.get(info.architecture)
         for embedding in self.embeddings_used(request):
-            # the registry judged widths against the default checkpoint; this request may use another
+            # the registry judged widths against every family; this request uses one checkpoint
             if embedding.vectors and width is not None:
                 if embedding.width != width:
                     problems.append(f"embedding {embedding.trigger} has width {embedding.width}; "
                                     f"{info.name} needs {width} ({ARCHITECTURES[info.architecture].label})")
             elif not embedding.usable:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
-        tags = extra_network_tags(request.prompt) + extra_network_tags(request.negative_prompt)
-        if tags:
-            problems.append(f"LoRA and other extra networks are not supported yet: {', '.join(tags[:5])}; "
-                            "remove them to generate without")
-        parts, max_parts = len(prompt_parts(request.prompt)), self.config.limits.max_prompt_parts
-        if parts > max_parts:
-            problems.append(f"the prompt has {parts} parts joined by AND; the limit is {max_parts}")
-        limit = self.config.limits.max_prompt_chunks * 75
-        for what, tokens in (("prompt", self.token_count(request.prompt, steps=request.steps)),
-                             ("negative prompt", self._token_counter.token_count(request.negative_prompt,
-                                                                                 steps=request.steps))):
-            if tokens > limit:
-                problems.append(f"the {what} is {tokens} tokens; the limit is {limit}")
         if problems:
             raise InvalidRequest(problems)
-        return request
+        limit, tokens, chunks = limits.max_prompt_chunks * 75, {}, 1
+        with self._counter_lock:
+            for what, found in texts.items():
+                tokenized = [self._token_counter.tokenize(text) for text in found]
+                tokens[what] = max([0] + [t.token_count for t in tokenized])
+                chunks = max([chunks] + [len(t.chunks) for t in tokenized])
+        for what, count in tokens.items():
+            if count > limit:
+                problems.append(f"the {what} is {count} tokens; the limit is {limit}")
+        if problems:
+            raise InvalidRequest(problems)
+        return CheckedRequest(
+            request=request, checkpoint=info.name, batch_key=batch_key(request, info.name, chunks),
+            cost=job_cost(request.width, request.height, request.steps, request.count, prompt_parts=len(parts)),
+            prompt_texts=plain["prompt"], negative_texts=plain["negative prompt"], token_count=tokens["prompt"])
+
+    def check_request(self, request: GenerationRequest) -> GenerationRequest:
+        """`check`, for callers that need only the verdict; returns the request unchanged."""
+        return self.check(request).request
+
+    def _plain_text(self, text: str, problems: list[str]) -> str:
+        """The words the encoder reads from one scheduled text (emphasis syntax applied); weights
+        out of bounds are added to `problems`."""
+        fragments = parse_attention(text)  # raises PromptError for a weight that is not a number
+        bound = self.config.limits.max_prompt_weight
+        if any(not math.isfinite(weight) or abs(weight) > bound for fragment, weight in fragments
+               if (fragment, weight) != BREAK):
+            message = f"emphasis weights must stay between -{bound:g} and {bound:g} (nested brackets multiply)"
+            if message not in problems:
+                problems.append(message)
+        return "".join(" " if (fragment, weight) == BREAK else fragment for fragment, weight in fragments)
 
     @property
     def _token_counter(self):
         """A PromptEncoder that only counts: the SD tokenizer with every readable embedding's tokens
-        added as textual inversion adds them, so a trigger counts as its vectors (as in A1111)."""
+        added as textual inversion adds them, so a trigger counts as its vectors (as in A1111).
+        Used under `_counter_lock`: the check thread, the GPU thread and the presenter share it."""
         from .architectures import sd_clip_tokenizer
         from .conditioning import PromptEncoder
 
@@ -157,7 +221,8 @@ class Engine:
     def token_count(self, prompt: str, *, steps: int = 20) -> int:
         """Tokens as A1111 counts them under a prompt (75 per chunk; the longest AND-part), with the
         SD CLIP tokenizer."""
-        return max(self._token_counter.token_count(text, steps=steps) for text, _ in prompt_parts(prompt))
+        with self._counter_lock:
+            return max(self._token_counter.token_count(text, steps=steps) for text, _ in prompt_parts(prompt))
 
     def embeddings_used(self, request: GenerationRequest) -> list[EmbeddingInfo]:
         return triggers_in(request.prompt + "\n" + request.negative_prompt, self.registry.embeddings)
@@ -167,9 +232,10 @@ class Engine:
 
     def prompt_chunks(self, request: GenerationRequest) -> int:
         """How many 77-token chunks the request's conditioning has (prompt parts and negative are padded alike)."""
-        texts = {text for part, _ in prompt_parts(request.prompt) for _, text in prompt_schedule(part, request.steps)}
-        texts |= {text for _, text in prompt_schedule(request.negative_prompt, request.steps)} if request.negative_prompt else set()
-        return max([1] + [len(self._token_counter.tokenize(text).chunks) for text in texts])
+        texts = _distinct_texts([part for part, _ in prompt_parts(request.prompt)], request.steps)
+        texts += _distinct_texts([request.negative_prompt], request.steps) if request.negative_prompt else []
+        with self._counter_lock:
+            return max([1] + [len(self._token_counter.tokenize(text).chunks) for text in texts])
 
     # ------------------------------------------------------------------ running
     def generate(self, request: GenerationRequest, *, on_progress: Callable[[StepProgress], None] | None = None,
@@ -321,4 +387,4 @@ class _BatchRun:
         return results
 
 
-__all__ = ["BatchItem", "CancelToken", "Engine", "GeneratedImage", "StepProgress", "batch_key"]
+__all__ = ["BatchItem", "CancelToken", "CheckedRequest", "Engine", "GeneratedImage", "StepProgress", "batch_key"]

@@ -72,8 +72,13 @@ def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[s
     problems: list[str] = []
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         problems.append("the prompt is empty")
+    elif len(request.prompt) > limits.max_prompt_chars:
+        problems.append(f"the prompt has {len(request.prompt):,} characters; the limit is {limits.max_prompt_chars:,}")
     if not isinstance(request.negative_prompt, str):
         problems.append("the negative prompt must be text")
+    elif len(request.negative_prompt) > limits.max_prompt_chars:
+        problems.append(f"the negative prompt has {len(request.negative_prompt):,} characters; "
+                        f"the limit is {limits.max_prompt_chars:,}")
     if request.mode not in MODES:
         problems.append(f"mode must be one of {', '.join(MODES)}, not {request.mode!r}")
     try:

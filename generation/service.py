@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import secrets
+import socket
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import AsyncIterator
 
 from .config import Config
-from .engine import BatchItem, Engine
+from .engine import BatchItem, CheckedRequest, Engine
 from .errors import EaselError
 from .executor import Executor, ItemCanceled, ItemFailed, ItemFinished, ItemProgress
 from .infotext import png_with_infotext
 from .previews import preview_png
-from .prompt_parser import prompt_parts
 from .requests import GenerationRequest
-from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy, job_cost
+from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,32 @@ JobEvent = JobQueued | JobStarted | JobProgress | JobFinished | JobFailed | JobC
 TERMINAL_EVENTS = (JobFinished, JobFailed, JobCanceled)
 
 
+# Jobs a bot submits may be run by any bot process (a restarted bot takes them over).
+BOT_RUNNER = "bot"
+
+
+def cli_runner_id() -> str:
+    """The runner id of this process when it runs its own jobs (`easel generate`)."""
+    return f"cli:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def runner_is_gone(runner: str) -> bool:
+    """True when `runner` is a process of this host that no longer exists; False when it lives or
+    cannot be judged from here (another host)."""
+    kind, _, rest = runner.partition(":")
+    host, _, rest = rest.partition(":")
+    pid = rest.partition(":")[0]
+    if kind != "cli" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Subscription:
     """An async iterator of events (of one job, or of all jobs when job_id is None)."""
 
@@ -116,7 +144,7 @@ class Subscription:
 class GenerationService:
     def __init__(self, *, config: Config, store, engine: Engine, executor: Executor,
                  policy: SchedulerPolicy | None = None, scheduler_class=FairScheduler,
-                 frontend_only: str | None = None):
+                 runner: str = BOT_RUNNER):
         self.config = config
         self.store = store
         self.engine = engine
@@ -125,8 +153,9 @@ class GenerationService:
                                                 affinity_lookahead=config.queue.affinity_lookahead)
         self._scheduler_class = scheduler_class
         self._scheduler = scheduler_class(self.policy)
-        # The CLI runs its own service beside a possibly running bot: it must touch only its own jobs.
-        self._frontend_only = frontend_only
+        # Which jobs are ours: the bot's (BOT_RUNNER), or one CLI process's own (cli_runner_id()), so a
+        # bot never takes over a live `easel generate` job and two CLI processes never share one.
+        self.runner = runner
         self._subscriptions: set[Subscription] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -134,18 +163,21 @@ class GenerationService:
         self._busy = False  # a batch was picked and is not over yet
         self._picked: set[int] = set()  # the jobs of that batch (no longer queued, maybe not started yet)
         self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
+        self._saving: set[int] = set()  # the jobs of those tasks
         self._announced_terminal: set[int] = set()
         self._positions: dict[int, int] = {}
         self.image_dir = config.data_dir / "images"
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self._frontend_only is None:
-            requeued, failed = await self.store.jobs.recover_interrupted(self.config.queue.max_attempts)
-            if requeued or failed:
-                log.warning("recovered after a restart: %d jobs queued again, %d failed", len(requeued), len(failed))
-        jobs = [self._queued_job(record) for record in await self.store.jobs.list_queued()
-                if self._frontend_only in (None, record.frontend)]
+        requeued, failed = await self.store.jobs.recover_interrupted(self.config.queue.max_attempts, runner=self.runner)
+        if requeued or failed:
+            log.warning("recovered after a restart: %d jobs queued again, %d failed", len(requeued), len(failed))
+        for runner in await self.store.jobs.active_runners():
+            if runner != self.runner and runner_is_gone(runner):
+                ended = await self.store.jobs.fail_runner(runner, "the easel generate process that ran it has ended")
+                log.warning("failed %d jobs of %s, which has ended", len(ended), runner)
+        jobs = [self._queued_job(record) for record in await self.store.jobs.list_queued(runner=self.runner)]
         self._scheduler = self._scheduler_class.rebuild(self.policy, jobs)
         self._positions = self._scheduler.positions()
         self._task = asyncio.create_task(self._dispatch_loop(), name="easel-dispatcher")
@@ -162,25 +194,44 @@ class GenerationService:
             await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # ------------------------------------------------------------------ frontend API
-    async def submit(self, request: GenerationRequest, *, owner_id: int, target: ReplyTarget = ReplyTarget()):
-        """Validate, check the caps, store and enqueue. Returns the JobRecord; raises EaselError for the user."""
-        request = self.engine.check_request(request).with_resolved_seed()
-        await self._check_caps(owner_id, target.guild_id)
-        key = repr(self.engine.batch_key(request))
-        record = await self.store.jobs.create(
-            owner_id=owner_id, request=request.to_dict(), checkpoint=self.engine.registry.resolve(request.checkpoint).name,
-            batch_key=key, cost=job_cost(request.width, request.height, request.steps, request.count,
-                                                       prompt_parts=len(prompt_parts(request.prompt))),
-            frontend=target.frontend, guild_id=target.guild_id, channel_id=target.channel_id,
-            application_id=target.application_id, interaction_token=target.interaction_token,
-            interaction_created_at=target.interaction_created_at,
-        )
+    async def submit(self, request: GenerationRequest | CheckedRequest, *, owner_id: int,
+                     target: ReplyTarget = ReplyTarget()):
+        """Store and enqueue, the caps counted and the row inserted in one transaction. Frontends pass
+        the CheckedRequest of generation.submission; a bare request is checked here (off the loop).
+        Returns the JobRecord; raises EaselError for the user."""
+        from storage.records import QueueCapReached
+
+        checked = request if isinstance(request, CheckedRequest) else await asyncio.to_thread(self.engine.check, request)
+        request = checked.request.with_resolved_seed()
+        try:
+            record = await self.store.jobs.create(
+                owner_id=owner_id, request=request.to_dict(), checkpoint=checked.checkpoint,
+                batch_key=repr(checked.batch_key), cost=checked.cost, runner=self.runner,
+                caps=await self._caps(target.guild_id),
+                frontend=target.frontend, guild_id=target.guild_id, channel_id=target.channel_id,
+                application_id=target.application_id, interaction_token=target.interaction_token,
+                interaction_created_at=target.interaction_created_at,
+            )
+        except QueueCapReached as reached:
+            raise QueueLimitReached(_cap_message(reached.scope, reached.count, reached.limit)) from None
         await self.store.prompt_history.add(user_id=owner_id, guild_id=target.guild_id, job_id=record.id,
                                             prompt=request.prompt, negative_prompt=request.negative_prompt)
         self._scheduler.add(self._queued_job(record))
         self._publish_positions()
         self._wakeup.set()
         return record
+
+    async def check_caps(self, owner_id: int, guild_id: int | None) -> None:
+        """The caps, counted without inserting: cheap, for refusing before an upload is downloaded.
+        `submit` counts again in the transaction that inserts."""
+        caps = await self._caps(guild_id)
+        mine = await self.store.jobs.count_queued(owner_id=owner_id, include_running=True)
+        if mine >= caps.per_member:
+            raise QueueLimitReached(_cap_message("member", mine, caps.per_member))
+        if guild_id is not None and caps.per_guild is not None:
+            theirs = await self.store.jobs.count_queued(guild_id=guild_id, include_running=True)
+            if theirs >= caps.per_guild:
+                raise QueueLimitReached(_cap_message("guild", theirs, caps.per_guild))
 
     def position(self, job_id: int) -> int | None:
         """1-based place in the queue, 0 while running, None when not queued here."""
@@ -228,21 +279,16 @@ class GenerationService:
         await asyncio.wait_for(idle(), timeout)
 
     # ------------------------------------------------------------------ internals
-    async def _check_caps(self, owner_id: int, guild_id: int | None) -> None:
-        per_user, per_guild = self.config.queue.per_user_queued, self.config.queue.per_guild_queued
-        if guild_id is not None:
-            settings = await self.store.guilds.get_settings(guild_id)
-            per_user = min(per_user, int(settings.get("max_queued_per_member", per_user)))
-            per_guild = min(per_guild, int(settings.get("max_queued", per_guild)))
-        mine = await self.store.jobs.count_queued(owner_id=owner_id, include_running=True)
-        if mine >= per_user:
-            raise QueueLimitReached(f"you already have {mine} jobs waiting; the limit is {per_user}. "
-                                    "Wait for one to finish or cancel one.")
-        if guild_id is not None:
-            theirs = await self.store.jobs.count_queued(guild_id=guild_id, include_running=True)
-            if theirs >= per_guild:
-                raise QueueLimitReached(f"this server already has {theirs} jobs waiting; the limit is {per_guild}. "
-                                        "Try again in a little while.")
+    async def _caps(self, guild_id: int | None):
+        """config.toml's caps, lowered by the server's /admin limits."""
+        from storage.records import QueueCaps
+
+        per_member, per_guild = self.config.queue.per_user_queued, self.config.queue.per_guild_queued
+        if guild_id is None:
+            return QueueCaps(per_member=per_member, per_guild=None)
+        settings = await self.store.guilds.get_settings(guild_id)
+        return QueueCaps(per_member=min(per_member, int(settings.get("max_queued_per_member", per_member))),
+                         per_guild=min(per_guild, int(settings.get("max_queued", per_guild))))
 
     @staticmethod
     def _queued_job(record) -> QueuedJob:
@@ -283,6 +329,7 @@ class GenerationService:
                 raise
             except Exception:
                 log.exception("a batch failed unexpectedly")
+                await self._fail_unannounced(batch, "something went wrong on the bot's side; the error was logged")
             finally:
                 self._busy = False
                 self._picked = set()
@@ -292,7 +339,8 @@ class GenerationService:
         items: list[BatchItem] = []
         for job in batch:
             if not await self.store.jobs.start(job.job_id):
-                continue  # canceled between pick and start
+                await self._announce_stored_end(job.job_id)  # canceled or failed between pick and start
+                continue
             record = await self.store.jobs.get(job.job_id)
             self._running.add(job.job_id)
             items.append(BatchItem(key=job.job_id, request=GenerationRequest.from_dict(record.request)))
@@ -306,6 +354,7 @@ class GenerationService:
                                                preview_png(preview) if preview is not None else None))
                 elif isinstance(event, ItemFinished):
                     # PNG files and the commit overlap with the next batch instead of keeping the GPU idle.
+                    self._saving.add(event.key)
                     task = asyncio.create_task(self._finish(event))
                     self._finishing.add(task)
                     task.add_done_callback(self._finish_done)
@@ -323,12 +372,47 @@ class GenerationService:
             for item in items:
                 self._running.discard(item.key)
 
+    async def _announce_stored_end(self, job_id: int) -> None:
+        record = await self.store.jobs.get(job_id)
+        if record is None or not record.is_terminal:
+            log.error("job %s could not start and is %s", job_id, record.status if record else "gone")
+        elif record.status == "canceled":
+            self._announce(JobCanceled(job_id, "canceled"))
+        elif record.status == "failed":
+            self._announce(JobFailed(job_id, record.error or "failed"))
+
+    async def _fail_unannounced(self, batch: list[QueuedJob], reason: str) -> None:
+        """Every job of a batch that broke gets its one final event, stored first when the store works."""
+        for job in batch:
+            if job.job_id in self._announced_terminal or job.job_id in self._saving:
+                continue  # over already, or its result is being saved
+            try:
+                await self.store.jobs.fail(job.job_id, reason)
+                await self._announce_stored_end(job.job_id)
+            except Exception:
+                log.exception("could not record the failure of job %s", job.job_id)
+            self._announce(JobFailed(job.job_id, reason))  # no-op when the stored end was announced
+
     def _finish_done(self, task: asyncio.Task) -> None:
         self._finishing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("saving a result failed", exc_info=task.exception())
 
     async def _finish(self, event: ItemFinished) -> None:
+        try:
+            await self._save_result(event)
+        except Exception:
+            log.exception("saving the result of job %s failed", event.key)
+            reason = "the result could not be saved on the bot's side; the error was logged"
+            try:
+                await self.store.jobs.fail(event.key, reason, from_status={"running"})
+            except Exception:
+                log.exception("could not record the failure of job %s", event.key)
+            self._announce(JobFailed(event.key, reason))  # a no-op if it was announced already
+        finally:
+            self._saving.discard(event.key)
+
+    async def _save_result(self, event: ItemFinished) -> None:
         from storage.records import NewImage
 
         folder = self.image_dir / str(event.key)
@@ -345,6 +429,12 @@ class GenerationService:
             await asyncio.to_thread(_remove_files, [Path(f["path"]) for f in new_images])
             return
         self._announce(JobFinished(event.key, tuple(images)))
+
+
+def _cap_message(scope: str, count: int, limit: int) -> str:
+    if scope == "member":
+        return f"you already have {count} jobs waiting; the limit is {limit}. Wait for one to finish or cancel one."
+    return f"this server already has {count} jobs waiting; the limit is {limit}. Try again in a little while."
 
 
 def _write_images(folder: Path, images) -> list[dict]:

@@ -7,6 +7,8 @@
 """
 
 from storage.db import MigrationError, upgrade_database
+from storage.errors import QueueCapReached
+from storage.records import QueueCaps
 from storage.store import Store, open_store
 
-__all__ = ["MigrationError", "Store", "open_store", "upgrade_database"]
+__all__ = ["MigrationError", "QueueCapReached", "QueueCaps", "Store", "open_store", "upgrade_database"]

@@ -89,6 +89,7 @@ class Job(Base):
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_owner_status", "owner_id", "status"),
         Index("ix_jobs_guild_status", "guild_id", "status"),
+        Index("ix_jobs_status_runner", "status", "runner"),
         # AUTOINCREMENT: ids are never reused, so a button that says "job:17" after a restart
         # can only mean that job.
         {"sqlite_autoincrement": True},
@@ -103,6 +104,8 @@ class Job(Base):
     interaction_created_at: Mapped[datetime | None] = mapped_column(UTCTimestamp)
     response_message_id: Mapped[int | None] = mapped_column(BigInteger)
     frontend: Mapped[str] = mapped_column(Text, nullable=False)
+    # "bot": any bot process runs it (a restarted bot takes it over); "cli:...": that CLI process only.
+    runner: Mapped[str] = mapped_column(Text, nullable=False, default="bot", server_default="bot")
     request: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     checkpoint: Mapped[str] = mapped_column(Text, nullable=False)
     batch_key: Mapped[str] = mapped_column(Text, nullable=False)
@@ -137,6 +140,24 @@ class Image(Base):
     bytes: Mapped[int] = mapped_column(Integer, nullable=False)
     infotext: Mapped[str] = mapped_column(Text, nullable=False)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """A member's uploaded file (init image or mask) saved by the bot; `path` as jobs' requests name it."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        CheckConstraint("bytes >= 0", name="bytes"),
+        Index("ix_uploads_owner_last_used", "owner_id", "last_used_at"),
+        Index("ix_uploads_last_used", "last_used_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    bytes: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCTimestamp, nullable=False, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCTimestamp, nullable=False, default=utcnow)
 
 
 class Checkpoint(Base):

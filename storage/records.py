@@ -30,6 +30,8 @@ class JobRecord:
     guild_id: int | None
     channel_id: int | None
     frontend: str
+    # "bot" (any bot process may run it) or the id of the CLI process that owns it.
+    runner: str
     request: dict[str, Any]
     checkpoint: str
     batch_key: str
@@ -50,6 +52,19 @@ class JobRecord:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueCaps:
+    """Limits on active (queued + running) jobs that `JobRepository.create` checks atomically:
+    per member (over all guilds), and per guild when `per_guild` is not None."""
+
+    per_member: int
+    per_guild: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.per_member < 0 or (self.per_guild is not None and self.per_guild < 0):
+            raise ValueError("queue caps must not be negative")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +95,18 @@ class ImageRecord:
     bytes: int
     infotext: str
     message_id: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadRecord:
+    """A member's uploaded file (init image or mask) kept on disk by the bot."""
+
+    id: int
+    owner_id: int
+    path: Path
+    bytes: int
+    created_at: datetime
+    last_used_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from storage.db import Database
+from storage.errors import QueueCapReached
 from storage.models import (
     Checkpoint,
     Embedding,
@@ -40,6 +43,7 @@ from storage.models import (
     Job,
     PromptHistory,
     Setting,
+    Upload,
     User,
     utcnow,
 )
@@ -57,7 +61,9 @@ from storage.records import (
     JobRecord,
     NewImage,
     PromptHistoryEntry,
+    QueueCaps,
     SyncReport,
+    UploadRecord,
     UserSettings,
 )
 
@@ -99,6 +105,7 @@ def _job_record(row: Job) -> JobRecord:
         guild_id=row.guild_id,
         channel_id=row.channel_id,
         frontend=row.frontend,
+        runner=row.runner,
         request=dict(row.request),
         checkpoint=row.checkpoint,
         batch_key=row.batch_key,
@@ -115,6 +122,44 @@ def _job_record(row: Job) -> JobRecord:
         interaction_created_at=row.interaction_created_at,
         response_message_id=row.response_message_id,
     )
+
+
+def _require_runner(runner: str) -> None:
+    if not isinstance(runner, str) or not runner:
+        raise ValueError("runner must be a non-empty string")
+
+
+def _row_count(statement: Any) -> Callable[[AsyncSession], Awaitable[int]]:
+    """For `Database.run_write`: run `statement`; how many rows it changed."""
+
+    async def run(session: AsyncSession) -> int:
+        return (await session.execute(statement)).rowcount
+
+    return run
+
+
+def _changes_one_row(statement: Any) -> Callable[[AsyncSession], Awaitable[bool]]:
+    """For `Database.run_write`: run `statement`; whether it changed exactly one row."""
+
+    async def run(session: AsyncSession) -> bool:
+        return (await session.execute(statement)).rowcount == 1
+
+    return run
+
+
+async def _count_active(session: AsyncSession, *conditions: ColumnElement[bool]) -> int:
+    statement = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE_STATUSES), *conditions)
+    return int(await session.scalar(statement) or 0)
+
+
+async def _check_caps(session: AsyncSession, caps: QueueCaps, *, owner_id: int, guild_id: int | None) -> None:
+    mine = await _count_active(session, Job.owner_id == owner_id)
+    if mine >= caps.per_member:
+        raise QueueCapReached("member", mine, caps.per_member)
+    if caps.per_guild is not None and guild_id is not None:
+        theirs = await _count_active(session, Job.guild_id == guild_id)
+        if theirs >= caps.per_guild:
+            raise QueueCapReached("guild", theirs, caps.per_guild)
 
 
 class JobRepository:
@@ -152,14 +197,23 @@ class JobRepository:
         interaction_token: str | None = None,
         interaction_created_at: datetime | None = None,
         response_message_id: int | None = None,
+        runner: str = "bot",
+        caps: QueueCaps | None = None,
     ) -> JobRecord:
-        """Queue a job. `request` is the full generation request as a JSON-able dict."""
+        """Queue a job. `request` is the full generation request as a JSON-able dict.
+
+        `runner`: "bot" (any bot process runs it) or the id of the CLI process that will.
+        With `caps`, counting the owner's (and the guild's) queued and running jobs and the
+        INSERT are one write transaction, so concurrent submits cannot pass a cap; a job that
+        would reach past one raises QueueCapReached (member checked first) and is not stored.
+        """
         if frontend not in FRONTENDS:
             raise ValueError(f"frontend must be one of {sorted(FRONTENDS)}, not {frontend!r}")
         if cost < 0:
             raise ValueError("cost must not be negative")
+        _require_runner(runner)
         _require_aware(interaction_created_at, what="interaction_created_at")
-        row = Job(
+        values = dict(
             owner_id=owner_id,
             guild_id=guild_id,
             channel_id=channel_id,
@@ -168,20 +222,26 @@ class JobRepository:
             interaction_created_at=interaction_created_at,
             response_message_id=response_message_id,
             frontend=frontend,
+            runner=runner,
             request=_json_value(dict(request), what="the job request"),
             checkpoint=checkpoint,
             batch_key=batch_key,
             cost=cost,
             status="queued",
             attempts=0,
-            created_at=utcnow(),
         )
-        async with self._db.write() as session:
+
+        async def insert(session: AsyncSession) -> JobRecord:
+            if caps is not None:
+                await _check_caps(session, caps, owner_id=owner_id, guild_id=guild_id)
+            row = Job(**values, created_at=utcnow())
             session.add(row)
             await session.flush()
             # Reload so the record carries exactly what `get` will return (timestamps included).
             await session.refresh(row)
             return _job_record(row)
+
+        return await self._db.run_write(insert)
 
     async def get(self, job_id: int) -> JobRecord | None:
         async with self._db.read() as session:
@@ -219,9 +279,7 @@ class JobRepository:
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        async with self._db.write() as session:
-            result = await session.execute(statement)
-            return result.rowcount == 1
+        return await self._db.run_write(_changes_one_row(statement))
 
     async def start(self, job_id: int) -> bool:
         return await self.transition(job_id, from_status={"queued"}, to_status="running", started_at=utcnow())
@@ -240,14 +298,14 @@ class JobRepository:
             .values(status="done", error=None, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-        async with self._db.write() as session:
+
+        async def finish(session: AsyncSession) -> builtins.list[ImageRecord] | None:
             result = await session.execute(statement)
             if result.rowcount != 1:
                 return None
-            rows = [_image_row(job_id, image) for image in images]
-            session.add_all(rows)
-            await session.flush()
-            return sorted((_image_record(row) for row in rows), key=lambda record: record.index)
+            return await _add_images(session, job_id, images)
+
+        return await self._db.run_write(finish)
 
     async def fail(
         self, job_id: int, error: str, *, from_status: Collection[str] = ACTIVE_STATUSES
@@ -265,8 +323,10 @@ class JobRepository:
             job_id, from_status=from_status, to_status="canceled", canceled_by=canceled_by
         )
 
-    async def recover_interrupted(self, max_attempts: int) -> tuple[builtins.list[int], builtins.list[int]]:
-        """After a crash, put jobs left 'running' back in the queue, counting the attempt.
+    async def recover_interrupted(
+        self, max_attempts: int, runner: str = "bot"
+    ) -> tuple[builtins.list[int], builtins.list[int]]:
+        """After a crash, put `runner`'s jobs left 'running' back in the queue, counting the attempt.
 
         A job whose attempts reach `max_attempts` fails instead, with "interrupted N times".
         `max_attempts` is the total number of tries a job gets (1: never retried).
@@ -274,10 +334,12 @@ class JobRepository:
         """
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        _require_runner(runner)
+        interrupted = and_(Job.status == "running", Job.runner == runner)
         next_attempts = Job.attempts + 1
         give_up = (
             update(Job)
-            .where(Job.status == "running", next_attempts >= max_attempts)
+            .where(interrupted, next_attempts >= max_attempts)
             .values(
                 status="failed",
                 attempts=next_attempts,
@@ -289,21 +351,49 @@ class JobRepository:
         )
         requeue = (
             update(Job)
-            .where(Job.status == "running")
+            .where(interrupted)
             .values(status="queued", attempts=next_attempts, started_at=None)
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
-        async with self._db.write() as session:
+
+        async def recover(session: AsyncSession) -> tuple[builtins.list[int], builtins.list[int]]:
             failed = sorted((await session.execute(give_up)).scalars())
             requeued = sorted((await session.execute(requeue)).scalars())
-        return requeued, failed
+            return requeued, failed
 
-    async def list_queued(self) -> builtins.list[JobRecord]:
-        """Every queued job, oldest first (to rebuild the scheduler after a restart)."""
+        return await self._db.run_write(recover)
+
+    async def list_queued(self, runner: str | None = None) -> builtins.list[JobRecord]:
+        """Every queued job (only `runner`'s when given), oldest first (to rebuild the scheduler)."""
+        statement = select(Job).where(Job.status == "queued").order_by(Job.id)
+        if runner is not None:
+            statement = statement.where(Job.runner == runner)
         async with self._db.read() as session:
-            rows = await session.scalars(select(Job).where(Job.status == "queued").order_by(Job.id))
-            return [_job_record(row) for row in rows]
+            return [_job_record(row) for row in await session.scalars(statement)]
+
+    async def active_runners(self) -> builtins.set[str]:
+        """The runners of all queued and running jobs."""
+        statement = select(Job.runner).where(Job.status.in_(ACTIVE_STATUSES)).distinct()
+        async with self._db.read() as session:
+            return builtins.set(await session.scalars(statement))
+
+    async def fail_runner(self, runner: str, reason: str) -> builtins.list[int]:
+        """Fail every queued or running job of `runner` with error `reason` (e.g. its process
+        died); returns their ids, ascending. One transaction."""
+        _require_runner(runner)
+        statement = (
+            update(Job)
+            .where(Job.runner == runner, Job.status.in_(ACTIVE_STATUSES))
+            .values(status="failed", error=reason, finished_at=utcnow())
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+
+        async def fail_all(session: AsyncSession) -> builtins.list[int]:
+            return sorted((await session.execute(statement)).scalars())
+
+        return await self._db.run_write(fail_all)
 
     async def count_queued(
         self,
@@ -341,8 +431,7 @@ class JobRepository:
             .values(response_message_id=message_id)
             .execution_options(synchronize_session=False)
         )
-        async with self._db.write() as session:
-            return (await session.execute(statement)).rowcount == 1
+        return await self._db.run_write(_changes_one_row(statement))
 
 
 def _image_record(row: Image) -> ImageRecord:
@@ -376,6 +465,15 @@ def _image_row(job_id: int, image: NewImage | ImageRecord) -> Image:
     )
 
 
+async def _add_images(
+    session: AsyncSession, job_id: int, images: Iterable[NewImage | ImageRecord]
+) -> builtins.list[ImageRecord]:
+    rows = [_image_row(job_id, image) for image in images]
+    session.add_all(rows)
+    await session.flush()
+    return sorted((_image_record(row) for row in rows), key=lambda record: record.index)
+
+
 class ImageRepository:
     def __init__(self, db: Database):
         self._db = db
@@ -384,11 +482,12 @@ class ImageRepository:
         self, job_id: int, images: Iterable[NewImage | ImageRecord]
     ) -> builtins.list[ImageRecord]:
         """Record a job's images (the `id`/`job_id` of an ImageRecord passed in are ignored)."""
-        rows = [_image_row(job_id, image) for image in images]
-        async with self._db.write() as session:
-            session.add_all(rows)
-            await session.flush()
-            return sorted((_image_record(row) for row in rows), key=lambda record: record.index)
+        images = builtins.list(images)
+
+        async def add(session: AsyncSession) -> builtins.list[ImageRecord]:
+            return await _add_images(session, job_id, images)
+
+        return await self._db.run_write(add)
 
     async def list_for_job(self, job_id: int) -> builtins.list[ImageRecord]:
         async with self._db.read() as session:
@@ -424,9 +523,109 @@ class ImageRepository:
         statement = update(Image).where(Image.job_id == job_id).values(message_id=message_id)
         if indexes is not None:
             statement = statement.where(Image.image_index.in_(builtins.list(indexes)))
-        async with self._db.write() as session:
-            result = await session.execute(statement.execution_options(synchronize_session=False))
-            return result.rowcount
+        return await self._db.run_write(_row_count(statement.execution_options(synchronize_session=False)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads
+
+
+def _upload_record(row: Upload) -> UploadRecord:
+    return UploadRecord(
+        id=row.id,
+        owner_id=row.owner_id,
+        path=Path(row.path),
+        bytes=row.bytes,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _upload_unreferenced() -> ColumnElement[bool]:
+    """No queued or running job names the upload as its request's init_image or mask."""
+    referencing = (
+        select(Job.id)
+        .where(
+            Job.status.in_(ACTIVE_STATUSES),
+            or_(
+                func.json_extract(Job.request, "$.init_image") == Upload.path,
+                func.json_extract(Job.request, "$.mask") == Upload.path,
+            ),
+        )
+        .correlate(Upload)
+    )
+    return ~referencing.exists()
+
+
+class UploadRepository:
+    """Members' uploaded files (init images, masks) by path, for per-member quotas and clean-up.
+    Rows only: callers save and delete the files. A path is the string jobs' requests use."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    async def add(self, owner_id: int, path: str | os.PathLike[str], bytes: int) -> UploadRecord:
+        """Record an upload; if `path` is already recorded, only its last_used_at becomes now."""
+        if bytes < 0:
+            raise ValueError("bytes must not be negative")
+        key = os.fspath(path)
+
+        async def upsert(session: AsyncSession) -> UploadRecord:
+            now = utcnow()
+            statement = sqlite_insert(Upload).values(
+                owner_id=owner_id, path=key, bytes=bytes, created_at=now, last_used_at=now
+            )
+            statement = statement.on_conflict_do_update(
+                index_elements=[Upload.path], set_={"last_used_at": statement.excluded.last_used_at}
+            )
+            await session.execute(statement)
+            row = await session.scalar(
+                select(Upload).where(Upload.path == key).execution_options(populate_existing=True)
+            )
+            assert row is not None
+            return _upload_record(row)
+
+        return await self._db.run_write(upsert)
+
+    async def usage(self, owner_id: int) -> tuple[int, int]:
+        """(files, bytes) recorded for the owner."""
+        statement = select(func.count(), func.coalesce(func.sum(Upload.bytes), 0)).where(
+            Upload.owner_id == owner_id
+        )
+        async with self._db.read() as session:
+            files, total = (await session.execute(statement)).one()
+            return int(files), int(total)
+
+    async def oldest(self, owner_id: int, limit: int) -> builtins.list[UploadRecord]:
+        """The owner's uploads, least recently used first, leaving out those a queued or running
+        job uses; at most `limit`."""
+        statement = (
+            select(Upload)
+            .where(Upload.owner_id == owner_id, _upload_unreferenced())
+            .order_by(Upload.last_used_at, Upload.id)
+            .limit(limit)
+        )
+        async with self._db.read() as session:
+            return [_upload_record(row) for row in await session.scalars(statement)]
+
+    async def stale(self, used_before: datetime) -> builtins.list[UploadRecord]:
+        """Uploads last used before `used_before` that no queued or running job uses, oldest first."""
+        _require_aware(used_before, what="used_before")
+        statement = (
+            select(Upload)
+            .where(Upload.last_used_at < used_before, _upload_unreferenced())
+            .order_by(Upload.last_used_at, Upload.id)
+        )
+        async with self._db.read() as session:
+            return [_upload_record(row) for row in await session.scalars(statement)]
+
+    async def remove(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+        """Delete the rows of these paths (not the files); returns how many went."""
+        keys = sorted({os.fspath(path) for path in paths})
+        if not keys:
+            return 0
+        statement = delete(Upload).where(Upload.path.in_(keys)).execution_options(synchronize_session=False)
+        return await self._db.run_write(_row_count(statement))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,10 +678,11 @@ async def _sync_rows(db: Database, model: type, key: str, found: Mapping[str, An
                      new_only: Callable[[Any], dict[str, Any]] = lambda record: {}) -> SyncReport:
     """Make `model`'s table match a folder scan keyed by column `key`: add new keys, update changed
     rows (only the columns `values_of` returns), delete keys not found. One transaction."""
-    added: builtins.list[str] = []
-    updated: builtins.list[str] = []
     column = getattr(model, key)
-    async with db.write() as session:
+
+    async def sync(session: AsyncSession) -> SyncReport:
+        added: builtins.list[str] = []
+        updated: builtins.list[str] = []
         existing = {getattr(row, key): row for row in await session.scalars(select(model))}
         for name, record in sorted(found.items()):
             values = values_of(record)
@@ -499,7 +699,9 @@ async def _sync_rows(db: Database, model: type, key: str, found: Mapping[str, An
             await session.execute(
                 delete(model).where(column.in_(removed)).execution_options(synchronize_session=False)
             )
-    return SyncReport(added=tuple(added), updated=tuple(updated), removed=tuple(removed))
+        return SyncReport(added=tuple(added), updated=tuple(updated), removed=tuple(removed))
+
+    return await db.run_write(sync)
 
 
 class CheckpointRepository:
@@ -536,8 +738,7 @@ class CheckpointRepository:
             .values(enabled=enabled)
             .execution_options(synchronize_session=False)
         )
-        async with self._db.write() as session:
-            return (await session.execute(statement)).rowcount == 1
+        return await self._db.run_write(_changes_one_row(statement))
 
 
 def _embedding_record(row: Embedding) -> EmbeddingRecord:
@@ -608,8 +809,7 @@ class HashCache:
             index_elements=[FileHash.path],
             set_={"size": size, "mtime_ns": mtime_ns, "sha256": sha256},
         )
-        async with self._db.write() as session:
-            await session.execute(statement)
+        await self._db.run_write(_row_count(statement))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,7 +841,8 @@ class _SettingsByOwner(Generic[OwnerModel]):
         """Merge `changes` into the stored settings; a None value removes that key.
         Returns the settings as stored."""
         changes = _json_value(changes, what="settings")
-        async with self._db.write() as session:
+
+        async def merge(session: AsyncSession) -> dict[str, Any]:
             row = await session.get(self._model, owner_id)
             if row is None:
                 row = self._model(id=owner_id, settings={}, created_at=utcnow())
@@ -654,6 +855,8 @@ class _SettingsByOwner(Generic[OwnerModel]):
                     settings[key] = value
             row.settings = settings  # a new dict, so the ORM sees the change
             return dict(settings)
+
+        return await self._db.run_write(merge)
 
 
 class UserRepository(_SettingsByOwner[User]):
@@ -691,15 +894,11 @@ class SettingsRepository:
         statement = statement.on_conflict_do_update(
             index_elements=[Setting.key], set_={"value": statement.excluded.value}
         )
-        async with self._db.write() as session:
-            await session.execute(statement)
+        await self._db.run_write(_row_count(statement))
 
     async def delete(self, key: str) -> bool:
-        async with self._db.write() as session:
-            result = await session.execute(
-                delete(Setting).where(Setting.key == key).execution_options(synchronize_session=False)
-            )
-            return result.rowcount == 1
+        statement = delete(Setting).where(Setting.key == key).execution_options(synchronize_session=False)
+        return await self._db.run_write(_changes_one_row(statement))
 
     async def all(self) -> dict[str, Any]:
         async with self._db.read() as session:
@@ -708,15 +907,38 @@ class SettingsRepository:
     async def delete_stale(self, prefix: str, *, created_before: datetime) -> int:
         """Delete the `prefix*` settings whose JSON `created_at` (ISO 8601, UTC) is older than
         `created_before`; returns how many went."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        async with self._db.write() as session:
-            result = await session.execute(
-                delete(Setting)
-                .where(Setting.key.like(escaped + "%", escape="\\"),
-                       func.json_extract(Setting.value, "$.created_at") < created_before.isoformat())
-                .execution_options(synchronize_session=False)
-            )
-            return result.rowcount
+        statement = (
+            delete(Setting)
+            .where(_has_prefix(prefix),
+                   func.json_extract(Setting.value, "$.created_at") < created_before.isoformat())
+            .execution_options(synchronize_session=False)
+        )
+        return await self._db.run_write(_row_count(statement))
+
+    async def trim_owner(self, prefix: str, owner_id: int, keep: int) -> int:
+        """Of the `prefix*` settings whose JSON value has this "owner_id", keep the `keep` newest
+        by the value's "created_at" (ISO 8601 string; one without it counts as oldest) and
+        delete the rest; returns how many went. One statement."""
+        if keep < 0:
+            raise ValueError("keep must not be negative")
+        owned = and_(_has_prefix(prefix), func.json_extract(Setting.value, "$.owner_id") == owner_id)
+        newest = (
+            select(Setting.key)
+            .where(owned)
+            .order_by(func.json_extract(Setting.value, "$.created_at").desc(), Setting.key.desc())
+            .limit(keep)
+        )
+        statement = (
+            delete(Setting)
+            .where(owned, Setting.key.not_in(newest))
+            .execution_options(synchronize_session=False)
+        )
+        return await self._db.run_write(_row_count(statement))
+
+
+def _has_prefix(prefix: str) -> ColumnElement[bool]:
+    # Not LIKE: SQLite's LIKE ignores ASCII case.
+    return func.substr(Setting.key, 1, len(prefix)) == prefix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -784,19 +1006,22 @@ class PromptHistoryRepository:
         guild_id: int | None = None,
         job_id: int | None = None,
     ) -> PromptHistoryEntry:
-        row = PromptHistory(
+        values = dict(
             user_id=user_id,
             guild_id=guild_id,
             job_id=job_id,
             prompt=prompt,
             negative_prompt=negative_prompt or "",
-            created_at=utcnow(),
         )
-        async with self._db.write() as session:
+
+        async def add(session: AsyncSession) -> PromptHistoryEntry:
+            row = PromptHistory(**values, created_at=utcnow())
             session.add(row)
             await session.flush()
             await session.refresh(row)
             return _history_entry(row)
+
+        return await self._db.run_write(add)
 
     def _filters(self, user_id: int, query: str | None, *, fts: bool,
                  guild_id: int | None = None) -> builtins.list[ColumnElement[bool]]:
@@ -861,10 +1086,9 @@ class PromptHistoryRepository:
 
     async def clear(self, user_id: int) -> int:
         """Forget a user's history; returns how many entries were deleted."""
-        async with self._db.write() as session:
-            result = await session.execute(
-                delete(PromptHistory)
-                .where(PromptHistory.user_id == user_id)
-                .execution_options(synchronize_session=False)
-            )
-            return result.rowcount
+        statement = (
+            delete(PromptHistory)
+            .where(PromptHistory.user_id == user_id)
+            .execution_options(synchronize_session=False)
+        )
+        return await self._db.run_write(_row_count(statement))

@@ -8,7 +8,13 @@ from types import TracebackType
 
 from sqlalchemy import text
 
-from storage.db import Database, create_async_sqlite_engine, upgrade_database
+from storage.db import (
+    BUSY_TIMEOUT_MS,
+    WRITE_RETRY_BUDGET_S,
+    Database,
+    create_async_sqlite_engine,
+    upgrade_database,
+)
 from storage.repositories import (
     CheckpointRepository,
     EmbeddingRepository,
@@ -18,6 +24,7 @@ from storage.repositories import (
     JobRepository,
     PromptHistoryRepository,
     SettingsRepository,
+    UploadRepository,
     UserRepository,
 )
 
@@ -39,6 +46,7 @@ class Store:
         self.guilds = GuildRepository(database)
         self.settings = SettingsRepository(database)
         self.prompt_history = PromptHistoryRepository(database, use_fts=prompt_history_fts)
+        self.uploads = UploadRepository(database)
 
     async def close(self) -> None:
         await self.database.dispose()
@@ -63,15 +71,25 @@ async def _has_table(database: Database, name: str) -> bool:
         return found is not None
 
 
-async def open_store(db_path: Path) -> Store:
+async def open_store(
+    db_path: Path,
+    *,
+    busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    write_retry_budget_s: float = WRITE_RETRY_BUDGET_S,
+) -> Store:
     """Migrate `db_path` to the newest schema (see `upgrade_database`: an existing database is
     backed up first and restored if the upgrade fails), then open it.
 
+    `busy_timeout_ms`: how long one statement waits for a lock; `write_retry_budget_s`: how long
+    a locked-out write keeps being retried (see `Database.run_write`).
     Raises storage.db.MigrationError when the database cannot be upgraded.
     """
     db_path = Path(db_path)
     backup = await asyncio.to_thread(upgrade_database, db_path)
-    database = Database(create_async_sqlite_engine(db_path))
+    database = Database(
+        create_async_sqlite_engine(db_path, busy_timeout_ms=busy_timeout_ms),
+        write_retry_budget_s=write_retry_budget_s,
+    )
     try:
         fts = await _has_table(database, "prompt_history_fts")
     except BaseException:

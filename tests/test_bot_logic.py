@@ -18,12 +18,12 @@ from bot.preferences import (InvalidSetting, allowed_channels_after, banned_word
                              guild_limit_changes, member_setting_changes)
 from bot.presenter import fit_files, progress_bar
 from bot.queue_status import ThroughputMeter, estimate_start_s
-from bot.rules import (RuleBroken, banned_word_in, check_channel, check_request_rules, resolve_options,
-                       validated_member_setting)
 from generation.config import Config, DefaultsConfig, LimitsConfig
 from generation.errors import EmbeddingError
 from generation.infotext import parse_infotext, to_request_fields
 from generation.requests import GenerationRequest
+from generation.rules import (RuleBroken, check_channel, guild_limit_problems, resolve_options,
+                              validated_member_setting)
 
 DEFAULTS = DefaultsConfig()
 LIMITS = LimitsConfig()
@@ -37,7 +37,7 @@ class FakeClock:
         return self.now
 
 
-# ------------------------------------------------------------------------------------------- bot/rules.py
+# ------------------------------------------------------------------------------------------- generation/rules.py
 
 
 def test_resolve_options_prefers_typed_then_member_then_guild_then_config():
@@ -67,30 +67,22 @@ def test_a_typed_sampler_brings_its_own_schedule():
     assert resolved["schedule"] == "Exponential"
 
 
-@pytest.mark.parametrize(("text", "banned", "found"), [
-    ("a Dog in the park", ["dog"], "dog"),
-    ("hotdog stand", ["dog"], None),  # whole words only
-    ("dogs", ["dog"], None),
-    ("DOG.", ["dog"], "dog"),
-    ("hello c++ world", ["c++"], "c++"),  # regex characters are plain text
-    ("big red barn", ["red barn"], "red barn"),
-    ("anything", [], None),
-])
-def test_banned_words_match_whole_words_ignoring_case(text, banned, found):
-    assert banned_word_in(text, banned) == found
+def test_server_limits_are_named_together():
+    request = GenerationRequest(prompt="a cat", steps=30, width=1024, height=512, count=3)
+    guild = {"max_steps": 20, "max_width": 768, "max_height": 512, "max_count": 2}
+    problems = guild_limit_problems(request, guild)
+    assert problems == ["steps is at most 20 on this server", "width is at most 768 on this server",
+                        "count is at most 2 on this server"]
+    assert guild_limit_problems(replace(request, steps=20, width=768, count=2), guild) == []
+    assert guild_limit_problems(request, {}) == []
 
 
-def test_request_rules_name_every_problem_at_once():
-    request = GenerationRequest(prompt="a cat", negative_prompt="ugly DOG", steps=30, width=1024, height=512, count=3)
-    guild = {"banned_words": ["dog"], "max_steps": 20, "max_width": 768, "max_height": 512, "max_count": 2}
-    with pytest.raises(RuleBroken) as caught:
-        check_request_rules(request, guild)
-    message = str(caught.value)
-    assert 'your prompt contains "dog"' in message
-    assert "steps is at most 20" in message and "width is at most 768" in message and "count is at most 2" in message
-    assert "height" not in message
-    check_request_rules(replace(request, negative_prompt="", steps=20, width=768, count=2), guild)
-    check_request_rules(request, {})
+def test_defaults_nobody_chose_are_clamped_to_the_servers_limits():
+    guild = {"max_steps": 10, "max_width": 300, "max_count": 1, "defaults": {"count": 3}}
+    resolved = resolve_options({}, member={"steps": 30}, guild=guild, defaults=DEFAULTS, limits=LIMITS)
+    assert (resolved["steps"], resolved["width"], resolved["count"]) == (10, 296, 1)  # width: a multiple of 8
+    typed = resolve_options({"steps": 30}, member={}, guild=guild, defaults=DEFAULTS, limits=LIMITS)
+    assert typed["steps"] == 30  # what the member typed is checked, not changed
 
 
 def test_channel_rule():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -14,18 +15,22 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import MigrationError, Store, open_store, upgrade_database
+from storage import MigrationError, Store, open_store, repositories, upgrade_database
 from storage.db import (
     MIGRATIONS_DIR,
     alembic_config,
     create_migration_engine,
     current_revision,
     head_revision,
+    is_busy_error,
 )
 from storage.models import DATABASE_ONLY_TABLE_PREFIXES, Base
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -215,13 +220,16 @@ def test_failed_upgrade_restores_the_backup(tmp_path: Path) -> None:
     assert len(backups_of(db_path)) == 1
 
 
-def migrations_with_0003(tmp_path: Path, name: str, upgrade_body: str) -> Path:
-    """A copy of the project's migrations plus a revision 0003 whose upgrade() runs `upgrade_body`."""
+NEXT = "0004"  # a revision after the project's head, for scripts made by the tests
+
+
+def migrations_with_next(tmp_path: Path, name: str, upgrade_body: str) -> Path:
+    """A copy of the project's migrations plus a revision NEXT whose upgrade() runs `upgrade_body`."""
     scripts = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / f"0003_{name}.py").write_text(
-        'revision = "0003"\n'
-        'down_revision = "0002"\n'
+    (scripts / "versions" / f"{NEXT}_{name}.py").write_text(
+        f'revision = "{NEXT}"\n'
+        f'down_revision = "{HEAD}"\n'
         "branch_labels = None\n"
         "depends_on = None\n"
         "from alembic import op\n"
@@ -237,7 +245,7 @@ def test_broken_migration_script_leaves_the_database_as_it_was(tmp_path: Path) -
     db_path = tmp_path / "easel.sqlite3"
     seed_rows_at_0001(db_path)
     upgrade_database(db_path)
-    scripts = migrations_with_0003(tmp_path, "broken",
+    scripts = migrations_with_next(tmp_path, "broken",
                                    '    op.execute("CREATE TABLE broken (x)")\n'
                                    '    op.execute("DELETE FROM jobs")\n'
                                    '    raise RuntimeError("bad migration")\n')
@@ -258,11 +266,11 @@ def test_rebuilding_a_parent_table_in_a_migration_keeps_its_children(tmp_path: P
     db_path = tmp_path / "easel.sqlite3"
     seed_rows_at_0001(db_path)
     upgrade_database(db_path)
-    scripts = migrations_with_0003(tmp_path, "rebuild_jobs",
+    scripts = migrations_with_next(tmp_path, "rebuild_jobs",
                                    '    with op.batch_alter_table("jobs", recreate="always"):\n'
                                    "        pass\n")
     upgrade_database(db_path, script_location=scripts)
-    assert current_revision(db_path) == "0003"
+    assert current_revision(db_path) == NEXT
     with sqlite3.connect(db_path) as connection:
         assert connection.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
         assert connection.execute("SELECT count(*) FROM images").fetchone() == (1,)
@@ -345,4 +353,210 @@ def test_migration_files_sit_where_the_package_data_globs_find_them() -> None:
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     assert (MIGRATIONS_DIR / "alembic.ini").is_file()
     versions = sorted(path.name for path in (MIGRATIONS_DIR / "versions").glob("*.py"))
-    assert versions == ["0001_initial_schema.py", "0002_lookup_indexes.py"]
+    assert versions == ["0001_initial_schema.py", "0002_lookup_indexes.py", "0003_job_runner_and_uploads.py"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Revision 0003: jobs.runner and uploads
+
+
+def trigger_names(db_path: Path) -> set[str]:
+    with sqlite3.connect(db_path) as connection:
+        return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
+def job_columns(db_path: Path) -> list[str]:
+    with sqlite3.connect(db_path) as connection:
+        return [row[1] for row in connection.execute("PRAGMA table_info(jobs)")]
+
+
+async def test_upgrade_from_0002_gives_existing_jobs_the_bot_runner(tmp_path: Path) -> None:
+    db_path = tmp_path / "easel.sqlite3"
+    seed_rows_at_0001(db_path)
+    upgrade_database(db_path, revision="0002")
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(
+            "INSERT INTO jobs (owner_id, frontend, request, checkpoint, batch_key, cost, status, attempts,"
+            " created_at, started_at) VALUES (43, 'discord', '{\"prompt\": \"dog\"}', 'sd15', 'k', 1, 'running', 0,"
+            " 1700000001.0, 1700000002.0)"
+        )
+    connection.close()
+
+    store = await open_store(db_path)
+    try:
+        assert current_revision(db_path) == "0003"
+        assert store.upgrade_backup is not None and current_revision(store.upgrade_backup) == "0002"
+        old = await store.jobs.get(1)
+        interrupted = await store.jobs.get(2)
+        assert old is not None and (old.runner, old.status) == ("bot", "done")
+        assert interrupted is not None and interrupted.runner == "bot"
+        # The restarted bot takes the interrupted job over.
+        assert await store.jobs.recover_interrupted(max_attempts=3) == ([2], [])
+        assert await store.jobs.active_runners() == {"bot"}
+        assert await store.uploads.usage(42) == (0, 0)
+    finally:
+        await store.close()
+    # ADD COLUMN, not a table rebuild: the trigger that keeps final statuses final is still there.
+    assert "jobs_terminal_status_is_final" in trigger_names(db_path)
+    with sqlite3.connect(db_path) as connection:
+        with pytest.raises(sqlite3.IntegrityError, match="final"):
+            connection.execute("UPDATE jobs SET status = 'queued' WHERE id = 1")
+        indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    connection.close()
+    assert {"ix_jobs_status_runner", "ix_uploads_owner_last_used", "ix_uploads_last_used"} <= indexes
+
+
+async def test_downgrade_from_0003_to_0002_keeps_the_jobs(tmp_path: Path) -> None:
+    db_path = tmp_path / "easel.sqlite3"
+    store = await open_store(db_path)
+    try:
+        job = await store.jobs.create(owner_id=1, request={"prompt": "x"}, checkpoint="c", batch_key="k",
+                                      frontend="cli", runner="cli:h:1:x")
+        await store.uploads.add(1, "/data/uploads/a.png", 10)
+    finally:
+        await store.close()
+
+    config = alembic_config(db_path)
+    engine = create_migration_engine(db_path)
+    try:
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")
+            connection.commit()
+    finally:
+        engine.dispose()
+    assert current_revision(db_path) == "0002"
+    assert "runner" not in job_columns(db_path)
+    assert "uploads" not in table_names(db_path)
+    assert "jobs_terminal_status_is_final" in trigger_names(db_path)
+
+    store = await open_store(db_path)  # and up again
+    try:
+        again = await store.jobs.get(job.id)
+        assert again is not None and again.runner == "bot" and again.request == {"prompt": "x"}
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Busy timeout and retried writes
+
+
+def hold_write_lock(db_path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection holding the database's write lock (BEGIN EXCLUSIVE) with an
+    uncommitted insert; rollback() or close() lets go."""
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO settings (key, value) VALUES ('held', '1')")
+    return holder
+
+
+async def test_busy_timeout_is_an_argument_of_the_store(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "easel.sqlite3", busy_timeout_ms=50, write_retry_budget_s=1.5)
+    try:
+        async with store.engine.connect() as connection:
+            assert (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 50
+        assert store.database.write_retry_budget_s == 1.5
+    finally:
+        await store.close()
+
+
+async def test_a_write_outlasts_a_lock_held_past_the_busy_timeout(tmp_path: Path) -> None:
+    db_path = tmp_path / "easel.sqlite3"
+    store = await open_store(db_path, busy_timeout_ms=50)
+    holder = hold_write_lock(db_path)
+    try:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, holder.rollback)
+        started = loop.time()
+        job = await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
+        assert loop.time() - started >= 0.45  # it really waited for the lock, over several tries
+        assert await store.jobs.get(job.id) == job
+        assert await store.settings.get("held") is None
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_a_write_gives_up_when_the_retry_budget_is_spent(tmp_path: Path) -> None:
+    db_path = tmp_path / "easel.sqlite3"
+    store = await open_store(db_path, busy_timeout_ms=50, write_retry_budget_s=0.4)
+    holder = hold_write_lock(db_path)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(OperationalError, match="database is locked"):
+            await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
+        assert 0.1 <= loop.time() - started < 3.0
+    finally:
+        holder.close()
+    try:
+        assert await store.jobs.count_queued() == 0
+        await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")  # lock gone: works
+    finally:
+        await store.close()
+
+
+async def test_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    # WAL: readers see the last commit while another connection holds the write lock, so reads
+    # need no retry. A second store opens fresh connections (pragmas included) during the lock.
+    db_path = tmp_path / "easel.sqlite3"
+    store = await open_store(db_path, busy_timeout_ms=50, write_retry_budget_s=0.2)
+    job = await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
+    await store.close()
+    store = await open_store(db_path, busy_timeout_ms=50, write_retry_budget_s=0.2)
+    holder = hold_write_lock(db_path)
+    try:
+        assert await store.jobs.get(job.id) == job
+        assert [record.id for record in await store.jobs.list_queued()] == [job.id]
+        assert await store.settings.get("held") is None
+        assert await store.uploads.usage(1) == (0, 0)
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_run_write_reruns_the_whole_transaction_after_a_busy_error(store: Store) -> None:
+    calls = 0
+
+    async def write(session: AsyncSession) -> int:
+        nonlocal calls
+        calls += 1
+        await session.execute(text("INSERT INTO settings (key, value) VALUES (:key, '1')"), {"key": f"try{calls}"})
+        if calls < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return calls
+
+    assert await store.database.run_write(write) == 3
+    # The failed tries rolled back; only the last one's work is kept.
+    assert await store.settings.all() == {"try3": 1}
+
+
+async def test_run_write_does_not_retry_other_errors(store: Store) -> None:
+    calls = 0
+
+    async def write(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+        await session.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+    with pytest.raises(OperationalError, match="no such table"):
+        await store.database.run_write(write)
+    assert calls == 1
+
+
+def test_busy_errors_are_recognized() -> None:
+    locked = sqlite3.connect(":memory:")
+    assert is_busy_error(sqlite3.OperationalError("database is locked"))
+    assert is_busy_error(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is busy")))
+    assert not is_busy_error(sqlite3.OperationalError("no such table: x"))
+    assert not is_busy_error(sqlite3.IntegrityError("database is locked"))
+    assert not is_busy_error(RuntimeError("database is locked"))
+    locked.close()
+
+
+def test_every_repository_write_is_retried() -> None:
+    # Repositories write only through Database.run_write, never the unretried Database.write.
+    source = inspect.getsource(repositories)
+    assert ".write()" not in source
+    assert "engine.begin" not in source and "engine.connect" not in source

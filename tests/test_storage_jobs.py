@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from storage import Store, open_store
+from storage import QueueCapReached, QueueCaps, Store, open_store
 from storage.models import Base
 from storage.records import ImageRecord, JobRecord, NewImage
 
@@ -330,3 +332,173 @@ async def test_deleting_a_job_deletes_its_images(store: Store) -> None:
     assert entry.job_id is None
     with pytest.raises(IntegrityError):
         await store.images.add_many(424242, [image(0)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners: which process runs a job
+
+
+CLI = "cli:host:4242:ab12cd"
+
+
+async def test_runner_defaults_to_bot_and_is_kept(store: Store) -> None:
+    bot_job = await new_job(store)
+    cli_job = await new_job(store, frontend="cli", runner=CLI)
+    assert bot_job.runner == "bot"
+    assert cli_job.runner == CLI
+    assert await store.jobs.get(cli_job.id) == cli_job
+    with pytest.raises(ValueError, match="runner"):
+        await new_job(store, runner="")
+
+
+async def test_list_queued_by_runner(store: Store) -> None:
+    a = await new_job(store)
+    b = await new_job(store, runner=CLI)
+    c = await new_job(store)
+    d = await new_job(store, runner=CLI)
+    await store.jobs.start(d.id)
+    assert [job.id for job in await store.jobs.list_queued()] == [a.id, b.id, c.id]
+    assert [job.id for job in await store.jobs.list_queued("bot")] == [a.id, c.id]
+    assert [job.id for job in await store.jobs.list_queued(runner=CLI)] == [b.id]
+    assert await store.jobs.list_queued("cli:gone") == []
+
+
+async def test_recover_interrupted_touches_only_its_runner(store: Store) -> None:
+    bot_job = await new_job(store)
+    cli_job = await new_job(store, runner=CLI)
+    for job in (bot_job, cli_job):
+        await store.jobs.start(job.id)
+
+    # A restarted bot must not take over a live CLI process's job.
+    assert await store.jobs.recover_interrupted(max_attempts=3) == ([bot_job.id], [])
+    cli_record = await store.jobs.get(cli_job.id)
+    assert cli_record is not None and (cli_record.status, cli_record.attempts) == ("running", 0)
+
+    assert await store.jobs.recover_interrupted(1, runner=CLI) == ([], [cli_job.id])
+    cli_record = await store.jobs.get(cli_job.id)
+    assert cli_record is not None and (cli_record.status, cli_record.error) == ("failed", "interrupted 1 times")
+    bot_record = await store.jobs.get(bot_job.id)
+    assert bot_record is not None and (bot_record.status, bot_record.attempts) == ("queued", 1)
+
+
+async def test_active_runners(store: Store) -> None:
+    assert await store.jobs.active_runners() == set()
+    queued = await new_job(store, runner=CLI)
+    running = await new_job(store, runner="cli:other:1:ff")
+    await store.jobs.start(running.id)
+    finished = await new_job(store, runner="cli:done:2:ee")
+    await store.jobs.cancel(finished.id)
+    await new_job(store)
+    assert await store.jobs.active_runners() == {"bot", CLI, "cli:other:1:ff"}
+    await store.jobs.cancel(queued.id)
+    assert await store.jobs.active_runners() == {"bot", "cli:other:1:ff"}
+
+
+async def test_fail_runner_fails_its_queued_and_running_jobs(store: Store) -> None:
+    queued = await new_job(store, runner=CLI)
+    running = await new_job(store, runner=CLI)
+    await store.jobs.start(running.id)
+    done = await new_job(store, runner=CLI)
+    await store.jobs.start(done.id)
+    await store.jobs.finish(done.id)
+    other = await new_job(store, runner="bot")
+
+    assert await store.jobs.fail_runner(CLI, "the easel generate process stopped") == [queued.id, running.id]
+    for job_id in (queued.id, running.id):
+        record = await store.jobs.get(job_id)
+        assert record is not None
+        assert (record.status, record.error) == ("failed", "the easel generate process stopped")
+        assert record.finished_at is not None
+    done_record = await store.jobs.get(done.id)
+    assert done_record is not None and (done_record.status, done_record.error) == ("done", None)
+    other_record = await store.jobs.get(other.id)
+    assert other_record is not None and other_record.status == "queued"
+    assert await store.jobs.fail_runner(CLI, "again") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue caps, checked in the same transaction as the INSERT
+
+
+async def test_member_cap_counts_queued_and_running_jobs(store: Store) -> None:
+    caps = QueueCaps(per_member=2)
+    first = await new_job(store, caps=caps)
+    await store.jobs.start(first.id)
+    await new_job(store, caps=caps, guild_id=11)  # the member cap spans guilds
+    with pytest.raises(QueueCapReached) as caught:
+        await new_job(store, caps=caps)
+    assert (caught.value.scope, caught.value.count, caught.value.limit) == ("member", 2, 2)
+    assert await store.jobs.count_queued(owner_id=1, include_running=True) == 2
+    # Another member is not affected; a finished job frees a place.
+    await new_job(store, owner_id=2, caps=caps)
+    await store.jobs.finish(first.id)
+    await new_job(store, caps=caps)
+
+
+async def test_guild_cap_counts_every_member_of_the_guild(store: Store) -> None:
+    caps = QueueCaps(per_member=5, per_guild=2)
+    await new_job(store, owner_id=1, guild_id=10, caps=caps)
+    await new_job(store, owner_id=2, guild_id=10, caps=caps)
+    with pytest.raises(QueueCapReached) as caught:
+        await new_job(store, owner_id=3, guild_id=10, caps=caps)
+    assert (caught.value.scope, caught.value.count, caught.value.limit) == ("guild", 2, 2)
+    # Other guilds, direct messages / the CLI (no guild) and no guild cap are not limited by it.
+    await new_job(store, owner_id=3, guild_id=11, caps=caps)
+    await new_job(store, owner_id=3, guild_id=None, caps=caps)
+    await new_job(store, owner_id=3, guild_id=10, caps=QueueCaps(per_member=5, per_guild=None))
+    await new_job(store, owner_id=3, guild_id=10)  # no caps at all
+
+
+async def test_the_member_cap_is_checked_before_the_guild_cap(store: Store) -> None:
+    await new_job(store, owner_id=1, guild_id=10)
+    with pytest.raises(QueueCapReached) as caught:
+        await new_job(store, owner_id=1, guild_id=10, caps=QueueCaps(per_member=1, per_guild=1))
+    assert caught.value.scope == "member"
+    assert "limit is 1" in str(caught.value)
+
+
+def test_queue_caps_are_not_negative() -> None:
+    with pytest.raises(ValueError):
+        QueueCaps(per_member=-1)
+    with pytest.raises(ValueError):
+        QueueCaps(per_member=1, per_guild=-1)
+
+
+@pytest.mark.parametrize("scope", ["member", "guild"])
+async def test_twenty_concurrent_creates_cannot_pass_the_cap(store: Store, scope: str) -> None:
+    if scope == "member":
+        caps, owners = QueueCaps(per_member=5), [1] * 20
+    else:
+        caps, owners = QueueCaps(per_member=5, per_guild=5), list(range(20))
+    results = await asyncio.gather(*(new_job(store, owner_id=owner, caps=caps) for owner in owners),
+                                   return_exceptions=True)
+    created = [result for result in results if isinstance(result, JobRecord)]
+    refused = [result for result in results if isinstance(result, QueueCapReached)]
+    assert (len(created), len(refused)) == (5, 15)
+    assert {error.scope for error in refused} == {scope}
+    assert await store.jobs.count_queued(guild_id=10) == 5
+
+
+async def test_concurrent_creates_on_two_connections_cannot_pass_the_cap(tmp_path: Path) -> None:
+    db_path = tmp_path / "easel.sqlite3"
+    first, second = await open_store(db_path), await open_store(db_path)
+    try:
+        caps = QueueCaps(per_member=5)
+        results = await asyncio.gather(*(new_job(store, caps=caps) for _ in range(10) for store in (first, second)),
+                                       return_exceptions=True)
+        assert sum(isinstance(result, JobRecord) for result in results) == 5
+        assert sum(isinstance(result, QueueCapReached) for result in results) == 15
+        assert await first.jobs.count_queued(owner_id=1) == 5
+        assert await second.jobs.count_queued(owner_id=1) == 5
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_storage_does_not_import_generation_or_bot() -> None:
+    code = (
+        "import sys, storage, storage.errors, storage.repositories\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('generation', 'bot', 'cli'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

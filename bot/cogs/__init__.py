@@ -12,6 +12,7 @@ COG_BUILDERS = (
     "history:build_history_cog",
     "info:build_info_cog",
     "admin:build_admin_cog",
+    "owner:build_owner_cog",
 )
 
 

@@ -1,4 +1,5 @@
-"""/admin: server settings and the model folders, for members with Manage Server.
+"""/admin: one server's settings, for its members with Manage Server. Nothing here changes
+another server: the shared models folder is the bot owner's (/owner, bot/cogs/owner.py).
 
 default_permissions only hides the commands (a server can override it), so every subcommand
 also checks the permission itself.
@@ -16,11 +17,9 @@ from generation.errors import EaselError, ModelNotFound
 
 from ..context import AppContext
 from ..formatting import (MAX_EMBED_DESCRIPTION, clip, escape, guild_limit_lines, guild_settings_lines, join_within,
-                          names_list, plural)
-from .. import model_admin
-from ..model_admin import MAX_EMBEDDING_BYTES, add_embedding, check_upload_size, embedding_trigger
+                          plural)
 from ..preferences import (MAX_BANNED_WORD_CHARS, allowed_channels_after, banned_words_after,
-                           guild_limit_changes, normalized_banned_word)
+                           disabled_checkpoints_after, guild_limit_changes, normalized_banned_word)
 
 admin_only = app_commands.checks.has_permissions(manage_guild=True)
 
@@ -37,8 +36,11 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
 
     async def checkpoint_names(interaction: discord.Interaction, current: str):
         current = str(current or "").lower()
-        records = await app.store.checkpoints.list()
-        return [app_commands.Choice(name=clip(f"{r.name} ({'on' if r.enabled else 'off'})", 100), value=r.name[:100])
+        settings = await app.store.guilds.get_settings(interaction.guild_id) if interaction.guild_id else {}
+        hidden = set(settings.get("disabled_checkpoints", []) or [])
+        records = await app.store.checkpoints.list(enabled_only=True)
+        return [app_commands.Choice(name=clip(f"{r.name} ({'off' if r.name in hidden else 'on'})", 100),
+                                    value=r.name[:100])
                 for r in records if current in r.name.lower()][:25]
 
     async def banned_word_names(interaction: discord.Interaction, current: str):
@@ -58,7 +60,7 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
 
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
-    class Admin(commands.GroupCog, group_name="admin", group_description="Server settings and models (Manage Server)"):
+    class Admin(commands.GroupCog, group_name="admin", group_description="This server's easel settings (Manage Server)"):
         @app_commands.command(name="show", description="This server's easel settings")
         @admin_only
         async def show(self, interaction: discord.Interaction):
@@ -101,7 +103,7 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
             await reply(interaction, f"easel now works in {where}.")
 
         @app_commands.command(name="banned-word", description="Add or remove a word that prompts may not contain")
-        @app_commands.describe(word="The word or phrase (case does not matter)",
+        @app_commands.describe(word="The word or phrase (case does not matter; plurals too; end with * for a stem)",
                                add="True: ban it; False: allow it again")
         @app_commands.autocomplete(word=banned_word_names)
         @admin_only
@@ -113,51 +115,45 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
             verb = "is now banned" if add else "is allowed again"
             await reply(interaction, f"“{shown}” {verb}; {plural(len(words), 'banned word')} in all.")
 
-        @app_commands.command(name="refresh", description="Rescan the model folders for checkpoints and embeddings")
-        @admin_only
-        async def refresh(self, interaction: discord.Interaction):
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            summary = await model_admin.refresh(app)
-            lines = [f"Found {plural(summary.checkpoints, 'checkpoint')} and "
-                     f"{plural(summary.embeddings, 'usable embedding')}."]
-            if summary.skipped_checkpoints:
-                lines.append(f"Skipped files: {names_list(summary.skipped_checkpoints, 5)}")
-            if summary.skipped_embeddings:
-                lines.append(f"Skipped embeddings: {names_list(summary.skipped_embeddings, 5)}")
-            await reply(interaction, clip("\n".join(lines), 2000))
-
-        @app_commands.command(name="checkpoint", description="Let members pick a checkpoint, or stop them")
-        @app_commands.describe(name="The checkpoint", enabled="True: members may pick it; False: hidden")
+        @app_commands.command(name="checkpoint", description="Let this server's members pick a checkpoint, or not")
+        @app_commands.describe(name="The checkpoint", enabled="True: members here may pick it; False: hidden here")
         @app_commands.autocomplete(name=checkpoint_names)
         @admin_only
         async def checkpoint(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 200],
                              enabled: bool):
-            if not await app.store.checkpoints.set_enabled(name, enabled):
+            if await app.store.checkpoints.get(name) is None:
                 raise ModelNotFound(f"there is no checkpoint named {name!r}; pick one from the list")
-            text = f"Checkpoint **{escape(name)}** is now {'enabled' if enabled else 'disabled'}."
+            settings = await app.store.guilds.get_settings(interaction.guild_id)
+            hidden = disabled_checkpoints_after(settings.get("disabled_checkpoints"), name, enabled=enabled)
+            await app.store.guilds.update_settings(interaction.guild_id, disabled_checkpoints=hidden or None)
+            text = f"Checkpoint **{escape(name)}** is now {'enabled' if enabled else 'disabled'} on this server."
             try:
                 default = app.registry.default_name()
             except EaselError:
                 default = None
             if not enabled and name == default:
-                text += " It is still the default, used when a request names no checkpoint."
+                text += " It is the bot's default: members here must now pick another one."
             await reply(interaction, text)
 
-        @app_commands.command(name="embedding-add", description="Add a textual-inversion embedding (.safetensors)")
-        @app_commands.describe(file=f"A .safetensors embedding, at most {MAX_EMBEDDING_BYTES // 1024} KiB; "
-                                    "its name is the trigger word")
+        @app_commands.command(name="nsfw-filter", description="Refuse NSFW prompts outside age-restricted channels")
+        @app_commands.describe(enabled="True: NSFW words only in age-restricted channels; False: no NSFW filter")
         @admin_only
-        async def embedding_add(self, interaction: discord.Interaction, file: discord.Attachment):
-            embedding_trigger(file.filename)  # refuse before downloading anything
-            check_upload_size(file.size)
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            try:
-                data = await file.read()
-            except discord.HTTPException:
-                raise EaselError("could not download the file; try uploading it again") from None
-            added = await add_embedding(app, filename=file.filename, data=data)
-            vectors = plural(added.vectors, "vector")
-            await reply(interaction, f"Added embedding **{escape(added.trigger)}** ({vectors}). "
-                                     f"Write `{added.trigger}` in a prompt to use it.")
+        async def nsfw_filter(self, interaction: discord.Interaction, enabled: bool):
+            await app.store.guilds.update_settings(interaction.guild_id, nsfw_filter=True if enabled else None)
+            text = ("NSFW prompts are now refused outside age-restricted channels." if enabled
+                    else "The NSFW filter is off; banned words still apply.")
+            await reply(interaction, text)
+
+        @app_commands.command(name="nsfw-word", description="Add or remove a word of this server's NSFW list")
+        @app_commands.describe(word="A word or phrase; end it with * to match every word it starts",
+                               add="True: add it; False: remove it")
+        @admin_only
+        async def nsfw_word(self, interaction: discord.Interaction, word: Word, add: bool):
+            settings = await app.store.guilds.get_settings(interaction.guild_id)
+            words = banned_words_after(settings.get("nsfw_words"), word, add=add)
+            await app.store.guilds.update_settings(interaction.guild_id, nsfw_words=words or None)
+            shown = escape(normalized_banned_word(word))
+            state = "" if settings.get("nsfw_filter") else " (the NSFW filter is off: turn it on with /admin nsfw-filter)"
+            await reply(interaction, f"“{shown}” {'added to' if add else 'removed from'} this server's NSFW words{state}.")
 
     return Admin()

@@ -9,16 +9,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.catalog import enabled_checkpoint_names
-from generation.errors import EaselError, ModelNotFound
-from generation.requests import MAX_SEED, GenerationRequest, default_size
+from generation.errors import EaselError
+from generation.requests import MAX_SEED
+from generation.rules import disabled_checkpoints
 from generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
-from generation.service import ReplyTarget
+from generation.submission import Ask
 
-from ..attachments import save_attachment
+from ..attachments import DiscordImage
 from ..context import AppContext
 from ..errors import send_error
-from ..rules import check_channel, check_request_rules, resolve_options
+from ..formatting import MAX_OPTION_CHARS
+from ..requesters import requester_of
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,13 @@ SCHEDULE_CHOICES = [app_commands.Choice(name=name, value=name) for name in SCHED
 
 
 async def checkpoint_autocomplete(interaction: discord.Interaction, current: str):
-    names = await enabled_checkpoint_names(interaction.client.app.store)
-    current = current.lower()
-    return [app_commands.Choice(name=name[:100], value=name[:100]) for name in names if current in name.lower()][:25]
+    app = interaction.client.app
+    guild = await app.store.guilds.get_settings(interaction.guild_id) if interaction.guild_id else {}
+    hidden = disabled_checkpoints(guild)
+    current = str(current or "").lower()
+    return [app_commands.Choice(name=r.name[:100], value=r.name[:100])
+            for r in await app.store.checkpoints.list(enabled_only=True)
+            if r.name not in hidden and current in r.name.lower()][:25]
 
 
 OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale"}  # command option -> request field
@@ -41,39 +46,13 @@ def options_to_fields(options: dict) -> dict:
     return {OPTION_FIELDS.get(name, name): value for name, value in options.items() if name not in NOT_FIELDS}
 
 
-async def submit_from_interaction(app: AppContext, interaction: discord.Interaction, given: dict, *, mode: str,
-                                  init_image=None, mask=None) -> None:
-    """Shared by the three commands: resolve options, check the rules, defer, store, enqueue."""
-    guild_settings = await app.store.guilds.get_settings(interaction.guild_id) if interaction.guild_id else {}
-    member_settings = await app.store.users.get_settings(interaction.user.id)
-    check_channel(guild_settings, interaction.channel_id)
-    checkpoint = given.get("checkpoint") or ""
-    if (checkpoint or app.registry.default_name()) not in await enabled_checkpoint_names(app.store):
-        what = f"checkpoint {checkpoint!r} is" if checkpoint else "the default checkpoint is"
-        raise ModelNotFound(f"{what} not available; pick one from the list")
-    size = default_size(app.config.defaults, app.config.limits, app.registry.resolve(checkpoint).architecture,
-                        max_width=guild_settings.get("max_width"), max_height=guild_settings.get("max_height"))
-    options = resolve_options(given, member=member_settings, guild=guild_settings, defaults=app.config.defaults,
-                              size=size)
-    request = GenerationRequest(prompt=given["prompt"], mode=mode, checkpoint=checkpoint,
-                                seed=given.get("seed") if given.get("seed") is not None else -1,
-                                init_image="pending" if init_image else None, mask="pending" if mask else None,
-                                **options)
-    check_request_rules(request, guild_settings)
-    app.engine.check_request(request)  # limits, sampler, checkpoint, embeddings, prompt length: before the ack
+async def submit_from_interaction(app: AppContext, interaction: discord.Interaction, ask: Ask) -> None:
+    """Every check first (a refusal is an ephemeral reply), then the acknowledgement, then the
+    download and the queue (a failure there replaces the "thinking" message)."""
+    prepared = await app.submissions.prepare(ask, requester_of(interaction))
     await interaction.response.defer(thinking=True)
-    limit = app.config.limits.max_pixels * 4
     try:
-        if init_image is not None:
-            path = await save_attachment(init_image, app.uploads_dir, max_pixels=limit, what="image")
-            mask_path = await save_attachment(mask, app.uploads_dir, max_pixels=limit, what="mask") if mask else None
-            import dataclasses
-
-            request = dataclasses.replace(request, init_image=str(path), mask=str(mask_path) if mask_path else None)
-        await app.service.submit(request, owner_id=interaction.user.id, target=ReplyTarget(
-            frontend="discord", guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            application_id=interaction.application_id, interaction_token=interaction.token,
-            interaction_created_at=interaction.created_at))
+        await app.submissions.enqueue(prepared)
     except EaselError as exc:
         await send_error(interaction, exc)
 
@@ -87,7 +66,8 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
     Cfg = app_commands.Range[float, 0.0, limits.max_cfg_scale]
     Seed = app_commands.Range[int, -1, MAX_SEED - 1]
     Strength = app_commands.Range[float, 0.0, 1.0]
-    Prompt = app_commands.Range[str, 1, 4000]
+    Prompt = app_commands.Range[str, 1, min(limits.max_prompt_chars, MAX_OPTION_CHARS)]
+    Negative = app_commands.Range[str, 0, min(limits.max_prompt_chars, MAX_OPTION_CHARS)]
 
     common = dict(prompt="What to draw (A1111 syntax: (word:1.3), [from:to:step], BREAK)",
                   negative="What to avoid", checkpoint="Model (default: the server's)",
@@ -100,13 +80,13 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
         @app_commands.describe(**common)
         @app_commands.choices(sampler=SAMPLER_CHOICES, schedule=SCHEDULE_CHOICES)
         @app_commands.autocomplete(checkpoint=checkpoint_autocomplete)
-        async def imagine(self, interaction: discord.Interaction, prompt: Prompt, negative: Optional[str] = None,
+        async def imagine(self, interaction: discord.Interaction, prompt: Prompt, negative: Optional[Negative] = None,
                           checkpoint: Optional[str] = None, sampler: Optional[str] = None,
                           schedule: Optional[str] = None, steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            given = options_to_fields(locals())
-            await submit_from_interaction(app, interaction, given, mode="txt2img")
+            ask = Ask(mode="txt2img", **options_to_fields(locals()))
+            await submit_from_interaction(app, interaction, ask)
 
         @app_commands.command(name="img2img", description="Redraw an image guided by a prompt")
         @app_commands.describe(image="The image to start from (PNG, JPEG or WEBP)",
@@ -114,13 +94,13 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
         @app_commands.choices(sampler=SAMPLER_CHOICES, schedule=SCHEDULE_CHOICES)
         @app_commands.autocomplete(checkpoint=checkpoint_autocomplete)
         async def img2img(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt,
-                          strength: Optional[Strength] = None, negative: Optional[str] = None,
+                          strength: Optional[Strength] = None, negative: Optional[Negative] = None,
                           checkpoint: Optional[str] = None, sampler: Optional[str] = None,
                           schedule: Optional[str] = None, steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            given = options_to_fields(locals())
-            await submit_from_interaction(app, interaction, given, mode="img2img", init_image=image)
+            ask = Ask(mode="img2img", init_image=DiscordImage(image), **options_to_fields(locals()))
+            await submit_from_interaction(app, interaction, ask)
 
         @app_commands.command(name="inpaint", description="Repaint the white part of a mask")
         @app_commands.describe(image="The image to change", mask="White where to repaint, black to keep",
@@ -129,12 +109,12 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
         @app_commands.autocomplete(checkpoint=checkpoint_autocomplete)
         async def inpaint(self, interaction: discord.Interaction, image: discord.Attachment,
                           mask: discord.Attachment, prompt: Prompt, strength: Optional[Strength] = None,
-                          negative: Optional[str] = None, checkpoint: Optional[str] = None,
+                          negative: Optional[Negative] = None, checkpoint: Optional[str] = None,
                           sampler: Optional[str] = None, schedule: Optional[str] = None,
                           steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            given = options_to_fields(locals())
-            await submit_from_interaction(app, interaction, given, mode="inpaint", init_image=image, mask=mask)
+            ask = Ask(mode="inpaint", init_image=DiscordImage(image), mask=DiscordImage(mask), **options_to_fields(locals()))
+            await submit_from_interaction(app, interaction, ask)
 
     return Imagine()

@@ -10,10 +10,11 @@ from discord.ext import commands
 
 from generation.errors import ImageError
 from generation.infotext import DEFAULT_MAX_PIXELS, parse_infotext, read_infotext, to_request_fields
+from generation.uploads import read_checked
 
-from ..attachments import MAX_UPLOAD_BYTES, check_declared
+from ..attachments import DiscordImage
 from ..context import AppContext
-from ..drafts import Draft, DraftButton, draft_from_infotext, draft_view, save_draft
+from ..drafts import Draft, DraftButton, DraftError, draft_from_infotext, draft_view, save_draft
 from ..formatting import MAX_FIELD_VALUE, clip, escape, format_value, join_within, quoted
 
 # Reading parameters decodes pixels only for some PNGs; this caps what one /info may decode.
@@ -46,6 +47,13 @@ def info_embed(fields: dict, draft: Draft, filename: str) -> discord.Embed:
     return embed
 
 
+def _parameters(data: bytes) -> dict:
+    text = read_infotext(data, max_pixels=INFO_MAX_PIXELS)
+    if not text or not text.strip():
+        raise ImageError("that image carries no generation parameters (many sites strip them on upload)")
+    return to_request_fields(parse_infotext(text))
+
+
 def build_info_cog(app: AppContext) -> commands.Cog:
     class Info(commands.Cog, name="Info"):
         # Registered on the bot by bot.cogs.register_cogs, so its buttons work after a restart.
@@ -54,21 +62,19 @@ def build_info_cog(app: AppContext) -> commands.Cog:
         @app_commands.command(name="info", description="Show the generation parameters stored in an image")
         @app_commands.describe(image="A PNG, JPEG or WEBP image made by easel or Stable Diffusion web UI")
         async def info(self, interaction: discord.Interaction, image: discord.Attachment):
-            check_declared(image, max_pixels=INFO_MAX_PIXELS, what="image")
+            upload = DiscordImage(image)
             await interaction.response.defer(ephemeral=True, thinking=True)
-            try:
-                data = await image.read()
-            except discord.HTTPException:
-                raise ImageError("could not download the image; try uploading it again") from None
-            if len(data) > MAX_UPLOAD_BYTES:
-                raise ImageError(f"the image is larger than {MAX_UPLOAD_BYTES // 1048576} MiB")
-            text = await asyncio.to_thread(read_infotext, data, max_pixels=INFO_MAX_PIXELS)
-            if not text or not text.strip():
-                raise ImageError("that image carries no generation parameters (many sites strip them on upload)")
-            fields = to_request_fields(parse_infotext(text))
+            data = await read_checked(upload, max_pixels=INFO_MAX_PIXELS, what="image")
+            fields = await asyncio.to_thread(_parameters, data)  # decoding and parsing: off the event loop
             checkpoints = {r.name: r.short_hash for r in await app.store.checkpoints.list(enabled_only=True)}
-            draft = draft_from_infotext(fields, limits=app.config.limits, checkpoints=checkpoints)
-            draft_id = await save_draft(app.store, draft, owner_id=interaction.user.id)
+            try:
+                draft = draft_from_infotext(fields, limits=app.config.limits, checkpoints=checkpoints)
+            except DraftError as exc:  # the parameters are still worth showing
+                await interaction.edit_original_response(embed=info_embed(fields, Draft(given={}, notes=(str(exc),)),
+                                                                          image.filename))
+                return
+            draft_id = await save_draft(app.store, draft, owner_id=interaction.user.id,
+                                        retention=app.config.retention)
             await interaction.edit_original_response(embed=info_embed(fields, draft, image.filename),
                                                      view=draft_view(draft_id))
 

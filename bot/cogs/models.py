@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from generation.errors import ModelNotFound
+from generation.rules import disabled_checkpoints
 
 from ..context import AppContext
 from ..formatting import MAX_EMBED_DESCRIPTION, checkpoint_line, embedding_line, join_within
@@ -16,7 +17,9 @@ def build_models_cog(app: AppContext) -> commands.Cog:
     class Models(commands.Cog, name="Models"):
         @app_commands.command(name="checkpoints", description="The models you can pick in /imagine")
         async def checkpoints(self, interaction: discord.Interaction):
-            records = await app.store.checkpoints.list(enabled_only=True)
+            guild = await app.store.guilds.get_settings(interaction.guild_id) if interaction.guild_id else {}
+            hidden = disabled_checkpoints(guild)
+            records = [r for r in await app.store.checkpoints.list(enabled_only=True) if r.name not in hidden]
             try:
                 default = app.registry.default_name()
             except ModelNotFound:

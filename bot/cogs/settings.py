@@ -1,4 +1,4 @@
-"""/settings: a member's own defaults for /imagine (read back by bot.rules.resolve_options)."""
+"""/settings: a member's own defaults for /imagine (read back by generation.rules.resolve_options)."""
 
 # No `from __future__ import annotations`: discord.py reads the Range bounds (from config) at runtime.
 
@@ -14,7 +14,7 @@ from generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from ..context import AppContext
 from ..formatting import MEMBER_SETTING_LABELS, settings_lines
 from ..preferences import MAX_NEGATIVE_CHARS, member_setting_changes
-from ..rules import MEMBER_SETTINGS
+from generation.rules import MEMBER_SETTINGS
 
 SCHEDULE_CHOICES = [app_commands.Choice(name=name, value=name) for name in SCHEDULE_TYPES]
 
