@@ -23,6 +23,9 @@ Decisions worth knowing:
 - Values are JSON-quoted when A1111 would quote them (``,`` ``:`` or a newline) and also when
   they are empty, start with a quote, or have whitespace at either end, so that they read back
   unchanged; A1111's parser reads all of these correctly.
+- Reading is linear in the text: the parameter line is split by a scanner that finds exactly the
+  pairs of A1111's pattern (which is quadratic on a long line without pairs), and an image's
+  infotext longer than `MAX_INFOTEXT_CHARS` is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from generation.errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_INFOTEXT_CHARS",
     "Infotext",
     "format_infotext",
     "parse_hash_list",
@@ -51,13 +55,27 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# A1111's own images carry a few KiB; a longer infotext is a file made to cost us time.
+MAX_INFOTEXT_CHARS = 64 * 1024
 
-# A1111's own pattern for one "Key: value" pair of the parameter line (modules/infotext_utils.py).
-_PARAM_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The key of one "Key: value" pair as A1111's pattern
+# `\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)` (modules/infotext_utils.py) finds it: the first
+# word character of a run of key characters that ends with ":", at least one key character
+# before the colon. Starting only at the start of a run (the lookbehind) and never giving
+# characters back (`++`) reads each run once, where A1111's pattern rereads it from every start.
+_PAIR_KEY = re.compile(r"(?<![\w \-/])[ \-/]*+(\w[\w \-/]++):")
+_SPACES = re.compile(r"\s*")
+# A1111's quoted value; its loop can never give back a character that would let `"` match
+# earlier (no iteration starts with a quote), so the possessive form finds the same matches.
+_QUOTED_VALUE = re.compile(r'"(?:\\.|[^\\"])++"(?=,|$)')
 _PARAM_KEY = re.compile(r"\w[\w \-/]+")
 _IMAGE_SIZE = re.compile(r"([0-9]+)x([0-9]+)")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# One way to read each string (`1.5` cannot split into `1` + `.5`), so a failing match is linear.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Longer whole numbers mean nothing here (a seed has at most 20 digits), and int() of thousands
+# of digits is slow or refused by Python.
+_MAX_INTEGER_CHARS = 64
 
 _NEGATIVE_PREFIX = "Negative prompt:"
 # A prompt line that A1111 would read as the start of the negative prompt, possibly already escaped.
@@ -256,16 +274,39 @@ def _unescape_line(line: str) -> str:
     return line[1:] if _ESCAPED.match(line) else line
 
 
+def _param_pairs(line: str) -> list[tuple[str, str]]:
+    """The (key, raw value) pairs `re.findall` gives with A1111's pair pattern, in linear time.
+
+    A key is followed by optional whitespace and a value: a quoted string directly followed by a
+    comma or the end, or else everything up to the next comma. The search for the next key
+    starts after that comma, where the lookbehind of `_PAIR_KEY` sees no key character.
+    """
+    pairs: list[tuple[str, str]] = []
+    position = 0
+    while key := _PAIR_KEY.search(line, position):
+        start = _SPACES.match(line, key.end()).end()
+        if quoted := _QUOTED_VALUE.match(line, start):
+            end = quoted.end()
+        else:
+            end = line.find(",", start)
+            end = len(line) if end == -1 else end
+        pairs.append((key.group(1), line[start:end]))
+        position = end + 1  # past the comma (past the end, or the final newline `$` stopped at)
+    return pairs
+
+
 def parse_infotext(text: str) -> Infotext:
     """Parse infotext with A1111's parse_generation_parameters rules.
 
     The last line is the parameter line only if A1111's pattern finds at least 3 pairs in it.
     Lines from the first one starting with "Negative prompt:" on are the negative prompt.
+    Linear in the length of `text`.
     """
     *lines, last_line = text.strip().split("\n")
-    if len(_PARAM_PAIR.findall(last_line)) < 3:
+    pairs = _param_pairs(last_line)
+    if len(pairs) < 3:
         lines.append(last_line)
-        last_line = ""
+        pairs = []
 
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
@@ -281,8 +322,7 @@ def parse_infotext(text: str) -> Infotext:
             target.append(_unescape_line(line))
 
     params = tuple(
-        (key, _unquote(value) if value.startswith('"') else value)
-        for key, value in _PARAM_PAIR.findall(last_line)
+        (key, _unquote(value) if value.startswith('"') else value) for key, value in pairs
     )
     return Infotext(
         prompt="\n".join(prompt_lines),
@@ -321,9 +361,12 @@ def to_request_fields(info: Infotext) -> dict:
     warnings: list[str] = []
 
     def integer(key: str, raw: str) -> int | None:
-        if _INTEGER.fullmatch(raw):
+        if len(raw) > _MAX_INTEGER_CHARS:
+            warnings.append(f"{key}: {_shorten(raw)!r} is too long for a number, ignored")
+        elif _INTEGER.fullmatch(raw):
             return int(raw)
-        warnings.append(f"{key}: {_shorten(raw)!r} is not a whole number, ignored")
+        else:
+            warnings.append(f"{key}: {_shorten(raw)!r} is not a whole number, ignored")
         return None
 
     def decimal(key: str, raw: str) -> float | None:
@@ -354,7 +397,9 @@ def to_request_fields(info: Infotext) -> dict:
             if (number := decimal(key, raw)) is not None:
                 fields[decimal_fields[key]] = number
         elif key == "Size":
-            if match := _IMAGE_SIZE.fullmatch(raw):
+            if len(raw) > 2 * _MAX_INTEGER_CHARS + 1:
+                warnings.append(f"Size: {_shorten(raw)!r} is too long, ignored")
+            elif match := _IMAGE_SIZE.fullmatch(raw):
                 fields["width"], fields["height"] = int(match[1]), int(match[2])
             else:
                 warnings.append(f"Size: {_shorten(raw)!r} is not WIDTHxHEIGHT, ignored")
@@ -428,8 +473,9 @@ def _exif_user_comment(image: Image.Image) -> str | None:
 def read_infotext(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """The infotext of a PNG, JPEG or WEBP image, or None when it has none.
 
-    Raises ImageError when `data` is not one of those formats, is damaged, or has more than
-    `max_pixels` pixels. Pixels are decoded only for a PNG whose text sits after the image data.
+    Raises ImageError when `data` is not one of those formats, is damaged, has more than
+    `max_pixels` pixels, or carries an infotext longer than `MAX_INFOTEXT_CHARS`. Pixels are
+    decoded only for a PNG whose text sits after the image data.
     """
     try:
         image = Image.open(io.BytesIO(data), formats=list(_ALLOWED_FORMATS))
@@ -441,29 +487,40 @@ def read_infotext(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str |
         raise ImageError("That image file is damaged and cannot be read.") from None
 
     with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(
-                f"That image is too large ({width}x{height}); "
-                f"the limit is {max_pixels:,} pixels."
-            )
+        text = _image_infotext(image, max_pixels)
+    if text is not None and len(text) > MAX_INFOTEXT_CHARS:
+        raise ImageError(
+            f"That image's generation parameters are {len(text):,} characters long; "
+            f"the limit is {MAX_INFOTEXT_CHARS:,}."
+        )
+    return text
+
+
+def _image_infotext(image: Image.Image, max_pixels: int) -> str | None:
+    """The text of the "parameters" chunk, else the EXIF UserComment, else a JPEG comment."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"That image is too large ({width}x{height}); "
+            f"the limit is {max_pixels:,} pixels."
+        )
+    text = image.info.get("parameters")
+    if text is None and image.format == "PNG":
+        # Text chunks after the image data are only seen once the image is decoded.
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, StructError):
+            raise ImageError("That image file is damaged and cannot be read.") from None
         text = image.info.get("parameters")
-        if text is None and image.format == "PNG":
-            # Text chunks after the image data are only seen once the image is decoded.
-            try:
-                image.load()
-            except (OSError, SyntaxError, ValueError, StructError):
-                raise ImageError("That image file is damaged and cannot be read.") from None
-            text = image.info.get("parameters")
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        if isinstance(text, str):
-            return text
-        if (comment := _exif_user_comment(image)) is not None:
-            return comment
-        # A JPEG COM segment: A1111 reads it too when there is no EXIF comment.
-        comment = image.info.get("comment")
-        if isinstance(comment, bytes):
-            comment = comment.decode("utf-8", errors="replace")
-        return comment or None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if isinstance(text, str):
+        return text
+    if (comment := _exif_user_comment(image)) is not None:
+        return comment
+    # A JPEG COM segment: A1111 reads it too when there is no EXIF comment.
+    comment = image.info.get("comment")
+    if isinstance(comment, bytes):
+        comment = comment.decode("utf-8", errors="replace")
+    return comment or None
 

@@ -9,7 +9,11 @@ Three independent layers, applied in this order by the encoder:
    weighted fragments.
 
 Each function reproduces A1111's results (including its tolerance for unbalanced brackets); the
-few deliberate differences are noted where they occur.
+few deliberate differences are noted where they occur. Every function here is linear in the
+length of its text (`prompt_schedule`: in length x steps), so member text cannot stall the bot;
+A1111's own regular expressions are not, and are replaced by equivalent scans.
+
+`schedule_texts` and `plain_text` give the words the text encoder actually reads, for moderation.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ __all__ = [
     "BREAK",
     "extra_network_tags",
     "parse_attention",
+    "plain_text",
     "prompt_parts",
     "prompt_schedule",
+    "schedule_texts",
     "split_and",
     "without_extra_networks",
 ]
@@ -46,7 +52,7 @@ _ESCAPABLE = "()[]\\"
 _WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
 # Ordinary text: everything up to the next character with a meaning.
 _TEXT_RUN = re.compile(r"[^\\()\[\]:]+")
-_BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK_WORD = re.compile(r"\bBREAK\b")
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
@@ -56,28 +62,41 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     multiplies; a bracket left open applies to the end of the text; a closing bracket with nothing
     open is literal; ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literal characters. ``BREAK`` (upper
     case, whole word) becomes the marker ``("BREAK", -1.0)``. Neighbours of equal weight merge.
+    A weight that is not a finite number raises PromptError.
 
     >>> parse_attention("an (important) word")
     [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
 
     Difference from A1111: a BREAK inside brackets stays a BREAK (A1111 multiplies the marker's
-    weight and then encodes the word "break" with a negative weight).
+    weight and then encodes the word "break" with a negative weight). A1111 multiplies a
+    fragment's weight by each bracket as the bracket closes; here the weights of the brackets open
+    around it are multiplied outermost first, which can differ in the last bit of the float.
     """
-    # Mutable [text, weight, is_break] entries; brackets multiply every entry added since they opened.
-    entries: list[list] = []
+    # A1111 multiplies every entry since a bracket opened each time one closes: quadratic for
+    # `(a]` repeated. Pass 1 reads the text into pieces and decides each bracket's multiplier (known
+    # once it closes, or the text ends); pass 2 keeps running products of the open brackets.
+    pieces: list[tuple[str, object]] = []  # ("text", str), ("break", None), ("open" | "close", bracket)
+    multipliers: list[float] = []
+    is_square: list[bool] = []
     open_round: list[int] = []
     open_square: list[int] = []
 
-    def multiply_since(start: int, multiplier: float) -> None:
-        for entry in entries[start:]:
-            if not entry[2]:
-                entry[1] *= multiplier
-
     def add_text(run: str) -> None:
-        for index, part in enumerate(_BREAK_WORD.split(run)):
+        for index, part in enumerate(_split_breaks(run)):
             if index:
-                entries.append([BREAK[0], BREAK[1], True])
-            entries.append([part, 1.0, False])
+                pieces.append(("break", None))
+            pieces.append(("text", part))
+
+    def open_bracket(stack: list[int], square: bool) -> None:
+        stack.append(len(multipliers))
+        pieces.append(("open", len(multipliers)))
+        multipliers.append(SQUARE_MULTIPLIER if square else ROUND_MULTIPLIER)
+        is_square.append(square)
+
+    def close_bracket(stack: list[int], multiplier: float) -> None:
+        bracket = stack.pop()
+        multipliers[bracket] = multiplier
+        pieces.append(("close", bracket))
 
     position = 0
     length = len(text)
@@ -86,22 +105,22 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         if char == "\\":
             following = text[position + 1 : position + 2]
             if following and following in _ESCAPABLE:
-                entries.append([following, 1.0, False])
+                pieces.append(("text", following))
                 position += 2
             else:
                 # A lone backslash vanishes (A1111 keeps the character after it as ordinary text).
-                entries.append(["", 1.0, False])
+                pieces.append(("text", ""))
                 position += 1
         elif char == "(":
-            open_round.append(len(entries))
+            open_bracket(open_round, square=False)
             position += 1
         elif char == "[":
-            open_square.append(len(entries))
+            open_bracket(open_square, square=True)
             position += 1
         elif char == ":":
             weight_close = _WEIGHT_CLOSE.match(text, position)
             if weight_close and open_round:
-                multiply_since(open_round.pop(), _weight_value(weight_close.group(1)))
+                close_bracket(open_round, _weight_value(weight_close.group(1)))
                 position = weight_close.end()
             elif weight_close:
                 add_text(weight_close.group(0))
@@ -110,10 +129,10 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
                 add_text(":")
                 position += 1
         elif char == ")" and open_round:
-            multiply_since(open_round.pop(), ROUND_MULTIPLIER)
+            close_bracket(open_round, ROUND_MULTIPLIER)
             position += 1
         elif char == "]" and open_square:
-            multiply_since(open_square.pop(), SQUARE_MULTIPLIER)
+            close_bracket(open_square, SQUARE_MULTIPLIER)
             position += 1
         elif char in ")]":
             add_text(char)
@@ -124,10 +143,19 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             add_text(run.group(0))
             position = run.end()
 
-    for start in open_round:
-        multiply_since(start, ROUND_MULTIPLIER)
-    for start in open_square:
-        multiply_since(start, SQUARE_MULTIPLIER)
+    # Round and square brackets are separate stacks, as in A1111, so their spans may cross: `( [ a ) b ]`.
+    products = {False: [1.0], True: [1.0]}  # running products of the open round / square brackets
+    entries: list[list] = []  # [text, weight, is_break]
+    for kind, value in pieces:
+        if kind == "open":
+            stack = products[is_square[value]]
+            stack.append(stack[-1] * multipliers[value])
+        elif kind == "close":
+            products[is_square[value]].pop()
+        elif kind == "break":
+            entries.append([BREAK[0], BREAK[1], True])
+        else:
+            entries.append([value, products[False][-1] * products[True][-1], False])
 
     if not entries:
         return [("", 1.0)]
@@ -142,12 +170,31 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     return [(entry_text, float(weight)) for entry_text, weight, _ in merged]
 
 
+def _split_breaks(run: str) -> list[str]:
+    r"""`run` split at each upper-case word BREAK, whitespace next to it dropped: what A1111's
+    ``re.split(r"\s*\bBREAK\b\s*", run)`` gives, without rescanning a whitespace run from each of
+    its characters (quadratic). str.strip drops exactly the characters ``\s`` matches."""
+    parts = _BREAK_WORD.split(run)
+    for index in range(len(parts) - 1):
+        parts[index] = parts[index].rstrip()
+        parts[index + 1] = parts[index + 1].lstrip()
+    return parts
+
+
 def _weight_value(number: str) -> float:
+    shown = _shorten(number)
     try:
-        return float(number)
+        value = float(number)
     except ValueError:
-        raise PromptError(f"`{number}` in `(text:{number})` is not a number: "
+        raise PromptError(f"`{shown}` in `(text:{shown})` is not a number: "
                           "write a weight like `(text:1.2)`.") from None
+    if not math.isfinite(value):  # float() reads 400 digits as infinity
+        raise PromptError(f"`{shown}` in `(text:{shown})` is too large: write a weight like `(text:1.2)`.")
+    return value
+
+
+def _shorten(text: str, limit: int = 20) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +472,8 @@ def entry_for_step(end_steps: list[int], step_index: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 _AND = re.compile(r"\bAND\b")
-_PART_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+# The number of A1111's part pattern `^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$`.
+_PART_NUMBER = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
@@ -436,13 +484,19 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     >>> split_and("a cat AND a dog:0.5")
     [('a cat', 1.0), (' a dog', 0.5)]
     """
-    parts: list[tuple[str, float]] = []
-    for part in _AND.split(prompt):
-        match = _PART_WEIGHT.match(part)
-        assert match is not None  # the pattern matches any string
-        text, weight = match.groups()
-        parts.append((text, float(weight) if weight is not None else 1.0))
-    return parts
+    return [_part_weight(part) for part in _AND.split(prompt)]
+
+
+def _part_weight(part: str) -> tuple[str, float]:
+    r"""A1111's part pattern (see `_PART_NUMBER`) read from the end, where its lazy start tries
+    every length and rescans the whitespace after it (quadratic on a run of spaces): trailing
+    whitespace goes; then ``: number`` after the last colon, if that is all there is, is the
+    weight and the whitespace before the colon goes too. str.strip drops what ``\s`` matches."""
+    text = part.rstrip()
+    colon = text.rfind(":")
+    if colon != -1 and _PART_NUMBER.fullmatch(number := text[colon + 1:].lstrip()):
+        return text[:colon].rstrip(), float(number)
+    return text, 1.0
 
 
 def prompt_parts(prompt: str) -> list[tuple[str, float]]:
@@ -455,11 +509,44 @@ def prompt_parts(prompt: str) -> list[tuple[str, float]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# What the text encoder reads
+# ---------------------------------------------------------------------------------------------
+
+def schedule_texts(prompt: str, steps: int) -> list[str]:
+    """Every text the encoder is given for `prompt` over `steps` steps, once each, in order of
+    first appearance: each AND part (`prompt_parts`) at each entry of its `prompt_schedule`.
+    Emphasis syntax is still in them (see `plain_text`).
+
+    >>> schedule_texts("a [cat|dog] AND a bird", 4)
+    ['a cat', 'a dog', ' a bird']
+    """
+    return list(dict.fromkeys(text for part, _ in prompt_parts(prompt)
+                              for _, text in prompt_schedule(part, steps)))
+
+
+def plain_text(text: str) -> str:
+    """The words the encoder reads from one scheduled text: emphasis syntax and escapes applied
+    (`parse_attention`'s fragments joined), each BREAK a space. Raises PromptError as
+    `parse_attention` does.
+
+    >>> plain_text("a ((red:1.2)) c[]at BREAK on a mat")
+    'a red cat on a mat'
+    """
+    return "".join(" " if fragment == BREAK else fragment[0] for fragment in parse_attention(text))
+
+
+# ---------------------------------------------------------------------------------------------
 # Extra networks
 # ---------------------------------------------------------------------------------------------
 
 # A1111's extra-network syntax (`<lora:name:0.8>`, `<hypernet:name:1>`, `<lyco:...>`), its own pattern.
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+
+
+def _tag_region(prompt: str) -> int:
+    """Where the text that can hold tags ends: after the last `>`. Past it every `<name:` would
+    read to the end of the text and fail, from each `<` again (quadratic for `<a:` repeated)."""
+    return prompt.rfind(">") + 1
 
 
 def extra_network_tags(prompt: str) -> list[str]:
@@ -469,9 +556,10 @@ def extra_network_tags(prompt: str) -> list[str]:
     >>> extra_network_tags("a cat <lora:fluffy:0.8>, <hypernet:x:1>")
     ['<lora:fluffy:0.8>', '<hypernet:x:1>']
     """
-    return [match.group(0) for match in _EXTRA_NETWORK.finditer(prompt)]
+    return [match.group(0) for match in _EXTRA_NETWORK.finditer(prompt, 0, _tag_region(prompt))]
 
 
 def without_extra_networks(prompt: str) -> str:
     """`prompt` with its extra-network tags removed (as A1111 does before encoding)."""
-    return _EXTRA_NETWORK.sub("", prompt)
+    end = _tag_region(prompt)
+    return _EXTRA_NETWORK.sub("", prompt[:end]) + prompt[end:]

@@ -199,7 +199,7 @@ class GenerationService:
         """Store and enqueue, the caps counted and the row inserted in one transaction. Frontends pass
         the CheckedRequest of generation.submission; a bare request is checked here (off the loop).
         Returns the JobRecord; raises EaselError for the user."""
-        from storage.records import QueueCapReached
+        from storage import QueueCapReached
 
         checked = request if isinstance(request, CheckedRequest) else await asyncio.to_thread(self.engine.check, request)
         request = checked.request.with_resolved_seed()
@@ -281,7 +281,7 @@ class GenerationService:
     # ------------------------------------------------------------------ internals
     async def _caps(self, guild_id: int | None):
         """config.toml's caps, lowered by the server's /admin limits."""
-        from storage.records import QueueCaps
+        from storage import QueueCaps
 
         per_member, per_guild = self.config.queue.per_user_queued, self.config.queue.per_guild_queued
         if guild_id is None:

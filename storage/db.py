@@ -249,7 +249,8 @@ def current_revision(db_path: Path) -> str | None:
         return None
     engine = create_migration_engine(db_path)
     try:
-        with engine.connect() as connection:
+        # A plain read (BEGIN DEFERRED), so that a start does not wait for another process's write.
+        with engine.connect().execution_options(**{BEGIN_MODE_OPTION: "DEFERRED"}) as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -461,7 +462,9 @@ async def test_busy_timeout_is_an_argument_of_the_store(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_write_outlasts_a_lock_held_past_the_busy_timeout(tmp_path: Path) -> None:
+async def test_a_write_outlasts_a_lock_held_past_the_busy_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db_path = tmp_path / "easel.sqlite3"
     store = await open_store(db_path, busy_timeout_ms=50)
     holder = hold_write_lock(db_path)
@@ -469,8 +472,11 @@ async def test_a_write_outlasts_a_lock_held_past_the_busy_timeout(tmp_path: Path
         loop = asyncio.get_running_loop()
         loop.call_later(0.5, holder.rollback)
         started = loop.time()
-        job = await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
-        assert loop.time() - started >= 0.45  # it really waited for the lock, over several tries
+        with caplog.at_level(logging.INFO, logger="storage.db"):
+            job = await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
+        assert loop.time() - started >= 0.45  # it really waited for the lock...
+        retries = [record for record in caplog.records if "retrying" in record.getMessage()]
+        assert len(retries) >= 2  # ...over several tries of 50 ms each
         assert await store.jobs.get(job.id) == job
         assert await store.settings.get("held") is None
     finally:
@@ -504,8 +510,12 @@ async def test_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     store = await open_store(db_path, busy_timeout_ms=50, write_retry_budget_s=0.2)
     job = await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
     await store.close()
-    store = await open_store(db_path, busy_timeout_ms=50, write_retry_budget_s=0.2)
     holder = hold_write_lock(db_path)
+    try:
+        store = await asyncio.wait_for(open_store(db_path, busy_timeout_ms=50, write_retry_budget_s=0.2), 5)
+    except BaseException:
+        holder.close()
+        raise
     try:
         assert await store.jobs.get(job.id) == job
         assert [record.id for record in await store.jobs.list_queued()] == [job.id]
@@ -546,13 +556,11 @@ async def test_run_write_does_not_retry_other_errors(store: Store) -> None:
 
 
 def test_busy_errors_are_recognized() -> None:
-    locked = sqlite3.connect(":memory:")
     assert is_busy_error(sqlite3.OperationalError("database is locked"))
     assert is_busy_error(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is busy")))
     assert not is_busy_error(sqlite3.OperationalError("no such table: x"))
     assert not is_busy_error(sqlite3.IntegrityError("database is locked"))
     assert not is_busy_error(RuntimeError("database is locked"))
-    locked.close()
 
 
 def test_every_repository_write_is_retried() -> None:

@@ -1,10 +1,11 @@
-"""Checkpoints, embeddings, the hash cache, settings and prompt history on a real SQLite file."""
+"""Checkpoints, embeddings, the hash cache, settings, prompt history and uploads on a real SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ from sqlalchemy import text
 
 from storage import Store, open_store
 from storage.models import Base
-from storage.records import CheckpointRecord, EmbeddingRecord, GuildSettings, PromptHistoryEntry, UserSettings
+from storage.records import (
+    CheckpointRecord,
+    EmbeddingRecord,
+    GuildSettings,
+    PromptHistoryEntry,
+    UploadRecord,
+    UserSettings,
+)
 from storage.repositories import PromptHistoryRepository, fts5_match_expression
 
 
@@ -292,3 +300,129 @@ async def test_history_can_be_limited_to_one_guild(store):
     assert [e.guild_id for e in await store.prompt_history.search(1, "red", guild_id=10)] == [10]
     assert await store.prompt_history.count(1, "red", guild_id=20) == 1
     assert await store.prompt_history.count(1, "red") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-owner trimming of keyed settings (/info drafts)
+
+
+def draft(owner_id: int, created_at: str | None, **extra: object) -> dict[str, object]:
+    value: dict[str, object] = {"owner_id": owner_id, "given": {"prompt": "a cat"}, **extra}
+    if created_at is not None:
+        value["created_at"] = created_at
+    return value
+
+
+async def test_trim_owner_keeps_the_newest_of_that_owner(store: Store) -> None:
+    await store.settings.set("draft:a", draft(1, "2026-01-01T10:00:00+00:00"))
+    await store.settings.set("draft:b", draft(1, "2026-01-03T10:00:00+00:00"))
+    await store.settings.set("draft:c", draft(1, "2026-01-02T10:00:00.500000+00:00"))
+    await store.settings.set("draft:d", draft(1, "2026-01-02T10:00:00+00:00"))
+    await store.settings.set("draft:e", draft(1, None))  # no created_at: counts as oldest
+    await store.settings.set("draft:f", draft(2, "2025-01-01T00:00:00+00:00"))  # another owner
+    await store.settings.set("other:g", draft(1, "2020-01-01T00:00:00+00:00"))  # another prefix
+    await store.settings.set("DRAFT:h", draft(1, "2020-01-01T00:00:00+00:00"))  # the prefix is case-sensitive
+    await store.settings.set("draft_count", 3)  # not a JSON object
+
+    assert await store.settings.trim_owner("draft:", 1, 2) == 3
+    assert sorted(await store.settings.all()) == ["DRAFT:h", "draft:b", "draft:c", "draft:f", "draft_count", "other:g"]
+    assert await store.settings.trim_owner("draft:", 1, 2) == 0
+    assert await store.settings.trim_owner("draft:", 1, 5) == 0
+    assert await store.settings.trim_owner("draft:", 2, 0) == 1
+    assert await store.settings.get("draft:f") is None
+    with pytest.raises(ValueError):
+        await store.settings.trim_owner("draft:", 1, -1)
+
+
+async def test_trim_owner_takes_the_prefix_literally(store: Store) -> None:
+    await store.settings.set("d%_x", draft(1, "2026-01-01T00:00:00+00:00"))
+    await store.settings.set("dzzx", draft(1, "2026-01-02T00:00:00+00:00"))
+    assert await store.settings.trim_owner("d%_", 1, 0) == 1
+    assert sorted(await store.settings.all()) == ["dzzx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads
+
+
+async def set_last_used(store: Store, path: str, when: datetime) -> None:
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE uploads SET last_used_at = :when WHERE path = :path"), {"when": when.timestamp(), "path": path}
+        )
+
+
+async def job_using(store: Store, status: str, **request: object) -> None:
+    job = await store.jobs.create(owner_id=9, request={"prompt": "x", **request}, checkpoint="c", batch_key="k")
+    if status in ("running", "done"):
+        await store.jobs.start(job.id)
+    if status == "done":
+        await store.jobs.finish(job.id)
+    if status == "canceled":
+        await store.jobs.cancel(job.id)
+
+
+async def test_upload_add_records_and_touches(store: Store) -> None:
+    before = datetime.now(UTC)
+    first = await store.uploads.add(1, Path("/data/uploads/a.png"), 1000)
+    assert isinstance(first, UploadRecord) and dataclasses.is_dataclass(first)
+    assert (first.owner_id, first.path, first.bytes) == (1, Path("/data/uploads/a.png"), 1000)
+    assert first.created_at == first.last_used_at
+    assert before - timedelta(seconds=1) <= first.created_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert first.created_at.utcoffset() == timedelta(0)
+
+    await set_last_used(store, "/data/uploads/a.png", datetime(2026, 1, 1, tzinfo=UTC))
+    again = await store.uploads.add(2, "/data/uploads/a.png", 5)  # the same file again
+    assert (again.id, again.owner_id, again.bytes, again.created_at) == (first.id, 1, 1000, first.created_at)
+    assert again.last_used_at > datetime(2026, 1, 1, tzinfo=UTC)
+    assert again.last_used_at >= first.last_used_at
+    with pytest.raises(ValueError):
+        await store.uploads.add(1, "/data/uploads/b.png", -1)
+
+
+async def test_upload_usage(store: Store) -> None:
+    assert await store.uploads.usage(1) == (0, 0)
+    await store.uploads.add(1, "/u/a.png", 1000)
+    await store.uploads.add(1, "/u/b.png", 234)
+    await store.uploads.add(1, "/u/b.png", 234)
+    await store.uploads.add(2, "/u/c.png", 7)
+    assert await store.uploads.usage(1) == (2, 1234)
+    assert await store.uploads.usage(2) == (1, 7)
+
+
+async def test_upload_oldest_leaves_out_files_active_jobs_use(store: Store) -> None:
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, name in enumerate(["init_q", "mask_r", "init_done", "free1", "free2", "init_canceled"]):
+        await store.uploads.add(1, f"/u/{name}.png", 10)
+        await set_last_used(store, f"/u/{name}.png", day + timedelta(hours=i))
+    await store.uploads.add(2, "/u/theirs.png", 10)
+    await set_last_used(store, "/u/theirs.png", day - timedelta(days=1))
+    await job_using(store, "queued", init_image="/u/init_q.png")
+    await job_using(store, "running", init_image="/u/other.png", mask="/u/mask_r.png")
+    await job_using(store, "done", init_image="/u/init_done.png")
+    await job_using(store, "canceled", init_image="/u/init_canceled.png")
+
+    oldest = await store.uploads.oldest(1, 10)
+    assert [upload.path.name for upload in oldest] == ["init_done.png", "free1.png", "free2.png", "init_canceled.png"]
+    assert [upload.path.name for upload in await store.uploads.oldest(1, 2)] == ["init_done.png", "free1.png"]
+    assert await store.uploads.oldest(3, 10) == []
+
+
+async def test_upload_stale_and_remove(store: Store) -> None:
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, (owner, name) in enumerate([(1, "old"), (2, "old_in_use"), (2, "old2"), (1, "new")]):
+        await store.uploads.add(owner, f"/u/{name}.png", 10)
+        await set_last_used(store, f"/u/{name}.png", day + timedelta(days=i))
+    await job_using(store, "queued", init_image="/u/x.png", mask="/u/old_in_use.png")
+
+    stale = await store.uploads.stale(day + timedelta(days=3))
+    assert [(upload.owner_id, upload.path.name) for upload in stale] == [(1, "old.png"), (2, "old2.png")]
+    assert await store.uploads.stale(day) == []
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.uploads.stale(datetime(2026, 1, 1))
+
+    assert await store.uploads.remove([upload.path for upload in stale] + ["/u/never.png"]) == 2
+    assert await store.uploads.remove([]) == 0
+    assert await store.uploads.usage(1) == (1, 10)
+    assert await store.uploads.usage(2) == (1, 10)
+    assert [upload.path.name for upload in await store.uploads.stale(day + timedelta(days=10))] == ["new.png"]
