@@ -96,14 +96,14 @@ def missing_checkpoint_note(registry: ModelRegistry) -> str | None:
                f"`easel make-test-model {folder / 'tiny'}` for a tiny test model")
         if registry.snapshot.skipped:
             fix += f" ({len(registry.snapshot.skipped)} file(s) there were skipped: `easel models` says why)"
-    return f"easel: {problem}, so /imagine cannot generate yet; {fix}, then use /admin refresh (no restart needed)"
+    return f"easel: {problem}, so /imagine cannot generate yet; {fix}, then /owner refresh (no restart needed)"
 
 
 async def serve(config: Config) -> None:
     async with open_app(config) as app:
         note = missing_checkpoint_note(app.registry)
         if note:
-            # Keep running: /admin refresh picks up a checkpoint without a restart, every other
+            # Keep running: /owner refresh picks up a checkpoint without a restart, every other
             # command works, and the operator can check the Discord side meanwhile.
             print(note, file=sys.stderr)
         async with running_bot(app) as bot:

@@ -129,8 +129,8 @@ def _taken(folder: Path, trigger: str) -> bool:
     return any(entry.stem == trigger and entry.suffix.lower() in EMBEDDING_SUFFIXES for entry in folder.iterdir())
 
 
-def _read_shape(data: bytes, trigger: str) -> tuple[int, int]:
-    """Read the uploaded tensor (in a private temporary folder) and check its values; (vectors, width)."""
+def _read_tensor(data: bytes, trigger: str):
+    """Read the uploaded tensor in a private temporary folder."""
     with tempfile.TemporaryDirectory(prefix="easel-embedding-") as folder:
         candidate = Path(folder) / f"{trigger}.safetensors"
         candidate.write_bytes(data)
@@ -140,9 +140,7 @@ def _read_shape(data: bytes, trigger: str) -> tuple[int, int]:
             raise EmbeddingError(str(exc).split(": ", 1)[-1]) from None
         except Exception:  # a damaged or foreign file; safetensors never runs code
             raise EmbeddingError("that is not a readable .safetensors embedding") from None
-    check_embedding_values(tensor)
-    vectors, width = tensor.shape
-    return int(vectors), int(width)
+    return tensor
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -208,13 +206,15 @@ async def add_embedding(app: AppContext, *, filename: str, data: bytes) -> Added
         raise EmbeddingError(f"an embedding named {trigger} already exists; rename the file")
     check_embedding_count(folder)
     widths = expected_widths(app)
-    vectors, found_width = await asyncio.to_thread(_read_shape, data, trigger)
-    if found_width not in widths:
+    tensor = await asyncio.to_thread(_read_tensor, data, trigger)
+    vectors, found_width = (int(n) for n in tensor.shape)
+    if found_width not in widths:  # the shape first: it says what the file is for
         needs = " or ".join(map(str, sorted(widths)))
         raise EmbeddingError(f"the embedding has width {found_width}, but the checkpoints here need {needs}; "
                              "it was made for another model family")
     if vectors > MAX_EMBEDDING_VECTORS:
         raise EmbeddingError(f"the embedding has {vectors} vectors; at most {MAX_EMBEDDING_VECTORS} fit in a prompt")
+    await asyncio.to_thread(check_embedding_values, tensor)
     await asyncio.to_thread(check_trigger_is_unique, trigger)  # builds the tokenizer: last, and off the loop
     path = await asyncio.to_thread(_write_new, folder, trigger, data)
     await refresh_models(app.registry, app.store)

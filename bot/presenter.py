@@ -64,7 +64,8 @@ def result_embed(job, request: GenerationRequest, images, *, token_count: int | 
 
 def owner_only(job) -> discord.AllowedMentions:
     """Ping the member who asked and nobody else, whatever the prompt in the embed or content says."""
-    return discord.AllowedMentions(everyone=False, roles=False, replied_user=False, users=[discord.Object(job.owner_id)])
+    return discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                   users=[discord.Object(job.owner_id)])
 
 
 class Presenter:

@@ -24,7 +24,7 @@ chunks to one length so they can be swapped mid-run.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -54,6 +54,7 @@ CHUNK_LENGTH = CHUNK_TOKENS + 2
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 _ENCODER_BATCH = 32  # chunks per text-encoder call, to bound memory for long schedules
 _MIN_RELATIVE_MEAN = 1e-4  # below this |mean| / mean(|z|), the emphasis rescale is meaningless
+_TOKENIZE_CACHE_SIZE = 512  # texts whose chunks a PromptEncoder keeps (checks, counts and encoding reuse them)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class PromptEncoder:
 
     Cheap to create (one per request is fine). Textual-inversion embeddings must already be loaded
     into the tokenizer and text encoder (diffusers' `load_textual_inversion`); their trigger words
-    then work anywhere, weighted or not.
+    then work anywhere, weighted or not. Not thread-safe: callers that share one lock it.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, *, max_chunks: int,
@@ -180,17 +181,38 @@ class PromptEncoder:
         # convert_tokens_to_ids, not get_vocab(): copying the 49k-entry vocabulary costs ~20 ms per request.
         comma = tokenizer.convert_tokens_to_ids(",</w>")
         self._comma = None if comma is None or comma == tokenizer.unk_token_id else comma
+        # text -> its chunks, least recently used first; valid while the tokenizer keeps this size
+        self._tokenized: OrderedDict[str, TokenizedText] = OrderedDict()
+        self._tokenized_size = len(tokenizer)
 
     # -- tokens ---------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> TokenizedText:
-        """Chunks of one text (emphasis and BREAK applied; no prompt-editing syntax)."""
+        """Chunks of one text (emphasis and BREAK applied; no prompt-editing syntax).
+
+        The last `_TOKENIZE_CACHE_SIZE` texts are remembered until the tokenizer's size changes
+        (textual inversion adds tokens), so checking, counting and encoding tokenize a text once.
+        """
+        if len(self.tokenizer) != self._tokenized_size:
+            self._tokenized.clear()
+            self._tokenized_size = len(self.tokenizer)
+        if (known := self._tokenized.get(text)) is not None:
+            self._tokenized.move_to_end(text)
+            return known
+        tokenized = self._tokenize(text)
+        self._tokenized[text] = tokenized
+        if len(self._tokenized) > _TOKENIZE_CACHE_SIZE:
+            self._tokenized.popitem(last=False)
+        return tokenized
+
+    def _tokenize(self, text: str) -> TokenizedText:
         fragments = parse_attention(text)
-        texts = [self._ti_converter.maybe_convert_prompt(fragment, self.tokenizer)
-                 for fragment, weight in fragments if (fragment, weight) != BREAK]
+        texts = [fragment for fragment, weight in fragments if (fragment, weight) != BREAK]
+        groups = _embedding_groups(self.tokenizer)
+        if groups:  # diffusers' conversion rewrites only multi-vector triggers; else it would just tokenize twice
+            texts = [self._ti_converter.maybe_convert_prompt(fragment, self.tokenizer) for fragment in texts]
         token_ids = iter(self.tokenizer(texts, add_special_tokens=False, truncation=False,
                                         verbose=False).input_ids if texts else [])
-        groups = _embedding_groups(self.tokenizer)
         builder = _ChunkBuilder(bos=self._bos, eos=self._eos, comma=self._comma, backtrack=self.comma_backtrack)
         for fragment, weight in fragments:
             if (fragment, weight) == BREAK:

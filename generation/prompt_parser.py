@@ -53,6 +53,8 @@ _WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
 # Ordinary text: everything up to the next character with a meaning.
 _TEXT_RUN = re.compile(r"[^\\()\[\]:]+")
 _BREAK_WORD = re.compile(r"\bBREAK\b")
+# Up to this many brackets around a fragment, its weight is multiplied in A1111's order, bit for bit.
+_EXACT_DEPTH = 16
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
@@ -67,17 +69,18 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     >>> parse_attention("an (important) word")
     [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
 
-    Difference from A1111: a BREAK inside brackets stays a BREAK (A1111 multiplies the marker's
-    weight and then encodes the word "break" with a negative weight). A1111 multiplies a
-    fragment's weight by each bracket as the bracket closes; here the weights of the brackets open
-    around it are multiplied outermost first, which can differ in the last bit of the float.
+    Differences from A1111: a BREAK inside brackets stays a BREAK (A1111 multiplies the marker's
+    weight and then encodes the word "break" with a negative weight). Inside more than
+    `_EXACT_DEPTH` brackets a weight may differ from A1111's in the last bit of the float (and
+    neighbours that A1111 merges may then stay apart, or the other way round).
     """
     # A1111 multiplies every entry since a bracket opened each time one closes: quadratic for
-    # `(a]` repeated. Pass 1 reads the text into pieces and decides each bracket's multiplier (known
-    # once it closes, or the text ends); pass 2 keeps running products of the open brackets.
+    # `(a]` repeated. Pass 1 reads the text into pieces and decides each bracket's multiplier and
+    # when A1111 applies it; pass 2 gives each piece the product of the brackets around it.
     pieces: list[tuple[str, object]] = []  # ("text", str), ("break", None), ("open" | "close", bracket)
     multipliers: list[float] = []
     is_square: list[bool] = []
+    closed: list[int] = []  # brackets in the order they close
     open_round: list[int] = []
     open_square: list[int] = []
 
@@ -97,6 +100,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         bracket = stack.pop()
         multipliers[bracket] = multiplier
         pieces.append(("close", bracket))
+        closed.append(bracket)
 
     position = 0
     length = len(text)
@@ -143,17 +147,31 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             add_text(run.group(0))
             position = run.end()
 
+    # A1111 applies each bracket as it closes, then those left open: round ones, then square ones,
+    # outermost first. A float product depends on that order: within `_EXACT_DEPTH` brackets it is
+    # followed; deeper, where following it costs the depth for every piece, the running products
+    # of the open round and of the open square brackets are used.
+    turn = [0] * len(multipliers)
+    for index, bracket in enumerate(closed + open_round + open_square):
+        turn[bracket] = index
     # Round and square brackets are separate stacks, as in A1111, so their spans may cross: `( [ a ) b ]`.
-    products = {False: [1.0], True: [1.0]}  # running products of the open round / square brackets
+    around: dict[bool, list[int]] = {False: [], True: []}  # the open round / square brackets
+    products = {False: [1.0], True: [1.0]}  # their running products
     entries: list[list] = []  # [text, weight, is_break]
     for kind, value in pieces:
         if kind == "open":
-            stack = products[is_square[value]]
-            stack.append(stack[-1] * multipliers[value])
+            around[is_square[value]].append(value)
+            products[is_square[value]].append(products[is_square[value]][-1] * multipliers[value])
         elif kind == "close":
+            around[is_square[value]].pop()
             products[is_square[value]].pop()
         elif kind == "break":
             entries.append([BREAK[0], BREAK[1], True])
+        elif len(around[False]) + len(around[True]) <= _EXACT_DEPTH:
+            weight = 1.0
+            for bracket in sorted(around[False] + around[True], key=turn.__getitem__):
+                weight *= multipliers[bracket]
+            entries.append([value, weight, False])
         else:
             entries.append([value, products[False][-1] * products[True][-1], False])
 

@@ -87,7 +87,7 @@ class UploadStore:
     under a temporary name and renamed, and recorded in the database (`store.uploads`)."""
 
     def __init__(self, *, config: Config, store):
-        self.folder = config.uploads_dir
+        self.folder = config.uploads_dir.resolve()  # stored paths are compared as strings
         self.retention = config.retention
         self.max_pixels = upload_pixel_limit(config)
         self._store = store

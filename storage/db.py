@@ -311,10 +311,10 @@ def upgrade_database(
 ) -> Path | None:
     """Bring the database file to `revision`, creating it if needed.
 
-    The file, its -wal/-shm files and the backup are made readable and writable by the owner
-    only (0600). An existing database that is behind is first copied to `<db>.bak-<UTC timestamp>`; if the
+    An existing database that is behind is first copied to `<db>.bak-<UTC timestamp>`; if the
     upgrade fails, that copy is written back and MigrationError is raised. Returns the backup's
     path (kept after success, for the operator) or None when no upgrade of existing data ran.
+    The database, its -wal/-shm files and the backup are made 0600 (owner read/write only).
     """
     with _ALEMBIC_LOCK:
         return _upgrade_database(

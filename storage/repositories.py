@@ -29,7 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import Database
@@ -599,6 +598,8 @@ class UploadRepository:
     async def oldest(self, owner_id: int, limit: int) -> builtins.list[UploadRecord]:
         """The owner's uploads, least recently used first, leaving out those a queued or running
         job uses; at most `limit`."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
         statement = (
             select(Upload)
             .where(Upload.owner_id == owner_id, _upload_unreferenced())
@@ -917,8 +918,8 @@ class SettingsRepository:
 
     async def trim_owner(self, prefix: str, owner_id: int, keep: int) -> int:
         """Of the `prefix*` settings whose JSON value has this "owner_id", keep the `keep` newest
-        by the value's "created_at" (ISO 8601 string; one without it counts as oldest) and
-        delete the rest; returns how many went. One statement."""
+        by the value's "created_at" (ISO 8601 UTC strings, compared as text; a value without one
+        counts as oldest) and delete the rest; returns how many went. One statement."""
         if keep < 0:
             raise ValueError("keep must not be negative")
         owned = and_(_has_prefix(prefix), func.json_extract(Setting.value, "$.owner_id") == owner_id)

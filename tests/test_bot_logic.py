@@ -360,24 +360,54 @@ def test_draft_finds_models_by_name_or_hash_and_resolves_samplers():
 async def test_saving_a_draft_deletes_drafts_past_their_lifetime(tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from bot.drafts import DRAFT_LIFETIME, Draft, load_draft, save_draft
+    from bot.drafts import Draft, load_draft, save_draft
+    from generation.config import RetentionConfig
     from storage import open_store
 
+    retention = RetentionConfig(drafts_days=30)
+    lifetime = timedelta(days=30)
     store = await open_store(tmp_path / "easel.db")
     try:
         draft = Draft(given={"prompt": "a cat"})
         start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-        old = await save_draft(store, draft, owner_id=1, now=start)
+        old = await save_draft(store, draft, owner_id=1, now=start, retention=retention)
         await store.settings.set("other:setting", {"created_at": start.isoformat()})  # not a draft: stays
-        kept = await save_draft(store, draft, owner_id=1, now=start + DRAFT_LIFETIME - timedelta(days=1))
+        kept = await save_draft(store, draft, owner_id=1, now=start + lifetime - timedelta(days=1), retention=retention)
         assert await load_draft(store, old) is not None  # not yet too old
-        newest = await save_draft(store, draft, owner_id=2, now=start + DRAFT_LIFETIME + timedelta(seconds=1))
+        newest = await save_draft(store, draft, owner_id=2, now=start + lifetime + timedelta(seconds=1),
+                                  retention=retention)
         assert await load_draft(store, old) is None
         assert (await load_draft(store, kept)).given == {"prompt": "a cat"}
         assert await load_draft(store, newest) is not None
         assert await store.settings.get("other:setting") is not None
     finally:
         await store.close()
+
+
+async def test_a_member_keeps_a_bounded_number_of_drafts(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from bot.drafts import Draft, load_draft, save_draft
+    from generation.config import RetentionConfig
+    from storage import open_store
+
+    retention = RetentionConfig(max_drafts_per_member=2)
+    start = datetime.now(timezone.utc)
+    store = await open_store(tmp_path / "easel.db")
+    try:
+        ids = [await save_draft(store, Draft(given={"prompt": f"p{i}"}), owner_id=1, retention=retention,
+                                now=start + timedelta(seconds=i)) for i in range(4)]
+        other = await save_draft(store, Draft(given={"prompt": "x"}), owner_id=2, retention=retention, now=start)
+        assert [await load_draft(store, i) is not None for i in ids] == [False, False, True, True]
+        assert await load_draft(store, other) is not None
+    finally:
+        await store.close()
+
+
+def test_a_draft_refuses_a_prompt_over_the_limit():
+    limits = LimitsConfig(max_prompt_chars=50)
+    with pytest.raises(DraftError, match="60 characters; the limit here is 50"):
+        draft_from_infotext({"prompt": "a" * 60, "negative_prompt": ""}, limits=limits, checkpoints={})
 
 
 # ------------------------------------------------------------------------------------------- bot/model_admin.py

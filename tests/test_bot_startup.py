@@ -1,8 +1,14 @@
-"""Starting the bot: a missing or rejected token is a clear message; everything stops together."""
+"""Starting the bot: no token, a rejected token, an unreachable Discord or no checkpoint is one clear
+line; everything stops together."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import http.server
+import socket
+import threading
 
 import discord
 import pytest
@@ -41,12 +47,6 @@ def test_run_turns_startup_failures_into_one_line(models_dir, tmp_path, monkeypa
 
 
 # -- the first minute of an operator -------------------------------------------------------------
-
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import http.server  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
 
 
 def stderr_lines(capsys) -> list[str]:
@@ -152,7 +152,7 @@ async def test_no_checkpoint_is_said_at_start_and_the_bot_still_starts(tmp_path,
     (line,) = stderr_lines(capsys)
     folder = models / "checkpoints"
     assert line.startswith(f"easel: no checkpoint in {folder}, so /imagine cannot generate yet;")
-    assert f"`easel make-test-model {folder / 'tiny'}`" in line and "/admin refresh" in line
+    assert f"`easel make-test-model {folder / 'tiny'}`" in line and "/owner refresh" in line
 
 
 def test_the_checkpoint_note_names_a_missing_default_and_is_quiet_otherwise(models_dir, tmp_path):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import random
+import string
+import time
 
 import pytest
 import torch
 
+from generation import conditioning
 from generation.conditioning import (
     CHUNK_LENGTH,
     PromptEncoder,
@@ -16,6 +20,7 @@ from generation.conditioning import (
     stack_negative_at,
 )
 from generation.errors import InvalidRequest, PromptError
+from generation.prompt_parser import parse_attention
 from generation.testing import build_tiny_pipeline, sd_clip_tokenizer
 
 BOS, EOS, COMMA, CAT, DOG = 49406, 49407, 267, 2368, 1929
@@ -329,3 +334,69 @@ def test_pipeline_unet_sees_scheduled_embeddings(pipe, encoder, guidance):
     if guidance > 1:
         negative = schedule.negative_embeds_at(0)[0]
         assert all(tensor.shape[0] == 2 and torch.equal(tensor[0], negative) for tensor in seen)
+
+
+# -- cost ----------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def counted_encoder(pipe, monkeypatch):
+    """A fresh encoder on its own tokenizer, and the list of texts it has parsed (one per tokenization)."""
+    parsed: list[str] = []
+
+    def counting_parse(text):
+        parsed.append(text)
+        return parse_attention(text)
+
+    monkeypatch.setattr(conditioning, "parse_attention", counting_parse)
+    return PromptEncoder(sd_clip_tokenizer(), pipe.text_encoder, max_chunks=3), parsed
+
+
+def test_a_repeated_text_is_tokenized_once(counted_encoder):
+    encoder, parsed = counted_encoder
+    first = encoder.tokenize("a (cat:1.2)")
+    assert encoder.tokenize("a (cat:1.2)") is first
+    assert encoder.token_count("a [(cat:1.2):dog:3]", steps=10) == 2  # its texts: "a (cat:1.2)", "a dog"
+    assert parsed == ["a (cat:1.2)", "a dog"]
+
+
+def test_adding_a_token_invalidates_remembered_texts(counted_encoder):
+    encoder, parsed = counted_encoder
+    before = encoder.tokenize("a zorblat")
+    encoder.tokenizer.add_tokens(["zorblat"])  # as textual inversion does
+    after = encoder.tokenize("a zorblat")
+    assert parsed == ["a zorblat", "a zorblat"]
+    assert after.chunks[0].token_ids[:4] == (BOS, 320, len(encoder.tokenizer) - 1, EOS)
+    assert before.chunks[0].token_ids[2:4] != (len(encoder.tokenizer) - 1, EOS)
+
+
+def test_remembered_texts_are_bounded_least_recently_used_first(counted_encoder):
+    encoder, parsed = counted_encoder
+    texts = [f"cat {index}" for index in range(conditioning._TOKENIZE_CACHE_SIZE + 1)]
+    encoder.tokenize(texts[0])
+    for text in texts[1:-1]:
+        encoder.tokenize(text)
+    encoder.tokenize(texts[0])  # used again: now the most recent
+    encoder.tokenize(texts[-1])  # one too many: the least recently used (texts[1]) goes
+    parsed.clear()
+    encoder.tokenize(texts[0])
+    encoder.tokenize(texts[1])
+    assert parsed == [texts[1]]
+
+
+def test_hostile_prompts_tokenize_quickly(pipe):
+    """What a member can send in 6,000 characters: the Rust CLIP tokenizer is linear on each (a
+    6,000-letter word included) and the parsing before it too. ~0.1 s in all; generous bound."""
+    rng = random.Random(0)
+    prompts = [
+        "".join(rng.choice(string.ascii_lowercase) for _ in range(6000)),
+        " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(4)) for _ in range(1200)),
+        "a" + " " * 6000 + "b",
+        "(" * 1300 + "a" + ")" * 1300,
+        "(a]" * 2000,
+        "(a" * 3000,
+    ]
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, max_chunks=3)
+    started = time.perf_counter()
+    for prompt in prompts:
+        encoder.tokenize(prompt)
+    assert time.perf_counter() - started < 2.0

@@ -103,8 +103,13 @@ async def test_schema_listing_commands_and_empty_states(own_models, tmp_path):
         admin = env.fake.command("admin")
         assert admin["default_member_permissions"] == str(MANAGE_SERVER)
         assert admin.get("contexts") == [0] or admin.get("dm_permission") is False
-        assert {o["name"] for o in admin["options"]} == {"show", "limits", "channel", "banned-word", "refresh",
-                                                         "checkpoint", "embedding-add"}
+        assert {o["name"] for o in admin["options"]} == {"show", "limits", "channel", "banned-word", "checkpoint",
+                                                         "nsfw-filter", "nsfw-word"}
+        owner = env.fake.command("owner")
+        assert {o["name"] for o in owner["options"]} == {"refresh", "embedding-add"}
+        imagine = env.fake.command("imagine")
+        lengths = {o["name"]: o.get("max_length") for o in imagine["options"] if o["name"] in ("prompt", "negative")}
+        assert lengths == {"prompt": 4000, "negative": 4000}  # Discord refuses longer text before easel sees it
         settings = env.fake.command("settings")
         steps = next(o for o in settings["options"] if o["name"] == "steps")
         assert (steps["min_value"], steps["max_value"]) == (1, 60)
@@ -357,7 +362,7 @@ async def test_info_shows_parameters_and_its_button_generates_after_a_restart(ow
                 ("a dog on the moon", "ugly", 3, 5)
             assert (newest["sampler"], newest["cfg_scale"], newest["width"], newest["height"]) == \
                 ("Euler a", 6.5, 64, 72)
-            assert newest["checkpoint"] == ""
+            assert newest["checkpoint"] == "tiny"  # the default, as resolved when it was asked for
 
             await env.app.store.settings.delete(f"draft:{draft_button.rsplit(':', 1)[1]}")
             gone = await fake.click_button(shown, draft_button, user=env.bob)
@@ -370,12 +375,19 @@ async def test_models_admin_embedding_upload_refresh_and_checkpoint_switch(own_m
         embeddings_dir = own_models / "embeddings"
         before = sorted(p.name for p in embeddings_dir.iterdir())
 
+        owner = env.fake.state.application_owner()
+
         async def add(filename: str, data: bytes, user=None, **kwargs):
-            return await ask(env, "admin", {"file": (filename, data)}, user=user or env.mod,
+            return await ask(env, "owner", {"file": (filename, data)}, user=user or owner,
                              subcommand="embedding-add", done=lambda m: not m.loading, **kwargs)
 
         refused = await add("newstyle.safetensors", embedding_file(), user=env.bob, ignore_default_permissions=True)
-        assert "Manage Server" in refused.content
+        assert "only the bot's owner" in refused.content
+        # A server's admin manages their server, not the folder every server shares.
+        refused = await add("newstyle.safetensors", embedding_file(), user=env.mod, ignore_default_permissions=True)
+        assert "only the bot's owner" in refused.content
+        refused = await ask(env, "owner", {}, user=env.mod, subcommand="refresh", ignore_default_permissions=True)
+        assert "only the bot's owner" in refused.content
         refused = await add("newstyle.pt", b"\x80\x02}q\x00.")
         assert "only .safetensors embeddings can be uploaded" in refused.content
         refused = await add("newstyle.safetensors", embedding_file(width=768))
@@ -402,7 +414,7 @@ async def test_models_admin_embedding_upload_refresh_and_checkpoint_switch(own_m
         assert "embedding widewidth has width 768; tiny needs 32" in refused.content
 
         (embeddings_dir / "newstyle.safetensors").unlink()
-        refreshed = await ask(env, "admin", {}, user=env.mod, subcommand="refresh")
+        refreshed = await ask(env, "owner", {}, user=owner, subcommand="refresh")
         checkpoints = len(await env.app.store.checkpoints.list())
         assert f"Found {checkpoints} checkpoint{'s' if checkpoints > 1 else ''} and 3 usable embeddings" \
             in refreshed.content
@@ -414,7 +426,9 @@ async def test_models_admin_embedding_upload_refresh_and_checkpoint_switch(own_m
         offered = await choices.wait_for(lambda i: i.autocomplete_choices)
         assert {"name": "tiny (on)", "value": "tiny"} in offered
         switched = await ask(env, "admin", {"name": "tiny", "enabled": False}, user=env.mod, subcommand="checkpoint")
-        assert "now disabled" in switched.content and "still the default" in switched.content
+        assert "now disabled on this server" in switched.content and "the bot's default" in switched.content
+        assert await env.app.store.checkpoints.get("tiny") is not None
+        assert (await env.app.store.checkpoints.get("tiny")).enabled  # for every other server it stays on
         assert "**tiny** ·" not in description(await ask(env, "checkpoints", user=env.alice))
         refused = await ask(env, "imagine", {"prompt": "a cat", "checkpoint": "tiny"}, user=env.alice, done=warned)
         assert "not available" in refused.content

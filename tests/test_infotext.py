@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import random
 import re
 import struct
+import time
 import zlib
 
 import pytest
@@ -12,7 +14,9 @@ from PIL import Image
 
 from generation.errors import EaselError, ImageError
 from generation.infotext import (
+    MAX_INFOTEXT_CHARS,
     Infotext,
+    _param_pairs,
     format_infotext,
     parse_hash_list,
     parse_infotext,
@@ -403,3 +407,85 @@ def test_pixel_cap_is_checked_before_decoding():
     assert read_infotext(data, max_pixels=6000) == "x"
     with pytest.raises(ImageError, match="too large"):
         read_infotext(data, max_pixels=5999)
+
+
+# --------------------------------------------------------------------------- hostile text
+
+
+def test_pair_scanner_equals_a1111_pattern_on_real_lines():
+    lines = [A1111_SAMPLE.split("\n")[-1], render("x", model="m, 1", extra=[("Note", 'a "b", c: d')])]
+    lines += [render(prompt, negative).split("\n")[-1] for prompt, negative in [("a", "b"), ("", ""), ("p: q", "r, s")]]
+    lines += ["Steps: 5, Seed: 1, Size: 64x64\r", 'a: "x", b: "y\\\\", c: "z\\n', 'k: "v"\n', 'k: "v"\nx', "ab: ,cd:,ef:"]
+    for line in lines:
+        assert _param_pairs(line) == A1111_PARAM_PAIR.findall(line), line
+
+
+@pytest.mark.parametrize("alphabet", ['a b:,"\\-/ 1\n', 'ab:,"', 'a :"\\,\n\t', "ab:,\"\\-/ é_\u2003\n"])
+def test_pair_scanner_equals_a1111_pattern_on_random_lines(alphabet: str):
+    rng = random.Random(alphabet)
+    for _ in range(20_000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
+        assert _param_pairs(line) == A1111_PARAM_PAIR.findall(line), line
+
+
+# 1 MiB lines: A1111's pattern is quadratic on each (128 KiB of the first took 67 s); the scanner
+# reads them in tens of milliseconds. The bound is generous, for a loaded CI machine.
+HOSTILE_LINES = {
+    "one long key": "a" * 2**20,
+    "words, no colon": "ab " * (2**20 // 3),
+    "one-letter keys": "a:" * 2**19,
+    "dashes": "a-" * 2**19,
+    "unclosed quotes": 'ab:"x, ' * (2**20 // 7),
+    "backslashes": "ab: " + '"' + "\\" * 2**20,
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_LINES)
+def test_a_hostile_parameter_line_parses_in_linear_time(name: str):
+    started = time.perf_counter()
+    parse_infotext("prompt\n" + HOSTILE_LINES[name])
+    assert time.perf_counter() - started < 2.0
+
+
+def test_hostile_numbers_become_warnings_quickly():
+    started = time.perf_counter()
+    fields = to_request_fields(Infotext("p", "", params=(
+        ("Seed", "1" * 5000),
+        ("Steps", "-" + "9" * 4300),
+        ("CFG scale", "1" * 60_000 + "x"),  # quadratic for a pattern that can split digits two ways
+        ("Denoising strength", "9" * 400),  # float() gives infinity
+        ("Size", "1" * 5000 + "x512"),
+        ("Clip skip", "2"),
+    )))
+    assert time.perf_counter() - started < 2.0
+    for missing in ("seed", "steps", "cfg_scale", "denoising_strength", "width", "height"):
+        assert missing not in fields
+    assert fields["clip_skip"] == 2
+    assert [warning.split(":")[0] for warning in fields["warnings"]] == [
+        "Seed", "Steps", "CFG scale", "Denoising strength", "Size"]
+    assert all(len(warning) < 120 for warning in fields["warnings"])
+    assert fields["warnings"][0].endswith("is too long for a number, ignored")
+
+
+def test_long_numbers_that_mean_something_still_read():
+    fields = to_request_fields(parse_infotext("p\nSteps: 20, Seed: 18446744073709551615, CFG scale: 7.50000000000000000001"))
+    assert fields["seed"] == 18446744073709551615
+    assert fields["cfg_scale"] == 7.5
+
+
+def test_infotext_at_the_limit_is_read():
+    text = "x" * MAX_INFOTEXT_CHARS
+    assert read_infotext(png_with_infotext(Image.new("L", (4, 4)), text)) == text
+
+
+def test_a_longer_png_infotext_is_refused():
+    data = png_with_infotext(Image.new("L", (4, 4)), "x" * (MAX_INFOTEXT_CHARS + 1))
+    with pytest.raises(ImageError, match="generation parameters are 65,537 characters long; the limit is 65,536"):
+        read_infotext(data)
+
+
+def test_a_longer_exif_comment_is_refused():
+    # WEBP, as a JPEG's EXIF segment holds at most 64 KiB
+    data = _with_user_comment("WEBP", b"UNICODE\x00" + ("y" * (MAX_INFOTEXT_CHARS + 1)).encode("utf-16-be"))
+    with pytest.raises(ImageError, match="the limit is 65,536"):
+        read_infotext(data)

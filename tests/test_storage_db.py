@@ -144,9 +144,8 @@ def test_schema_from_migrations_matches_the_models(tmp_path: Path) -> None:
     engine = create_migration_engine(db_path)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection, opts={"compare_type": True, "include_name": include_name}
-            )
+            opts = {"compare_type": True, "compare_server_default": True, "include_name": include_name}
+            context = MigrationContext.configure(connection, opts=opts)
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
@@ -493,7 +492,7 @@ async def test_a_write_gives_up_when_the_retry_budget_is_spent(tmp_path: Path) -
         started = loop.time()
         with pytest.raises(OperationalError, match="database is locked"):
             await store.jobs.create(owner_id=1, request={}, checkpoint="c", batch_key="k")
-        assert 0.1 <= loop.time() - started < 3.0
+        assert 0.1 <= loop.time() - started < 5.0
     finally:
         holder.close()
     try:

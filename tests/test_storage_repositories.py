@@ -371,10 +371,10 @@ async def test_upload_add_records_and_touches(store: Store) -> None:
     assert before - timedelta(seconds=1) <= first.created_at <= datetime.now(UTC) + timedelta(seconds=1)
     assert first.created_at.utcoffset() == timedelta(0)
 
-    await set_last_used(store, "/data/uploads/a.png", datetime(2026, 1, 1, tzinfo=UTC))
+    await set_last_used(store, "/data/uploads/a.png", datetime(2020, 1, 1, tzinfo=UTC))
     again = await store.uploads.add(2, "/data/uploads/a.png", 5)  # the same file again
     assert (again.id, again.owner_id, again.bytes, again.created_at) == (first.id, 1, 1000, first.created_at)
-    assert again.last_used_at > datetime(2026, 1, 1, tzinfo=UTC)
+    assert again.last_used_at > datetime(2020, 1, 1, tzinfo=UTC)
     assert again.last_used_at >= first.last_used_at
     with pytest.raises(ValueError):
         await store.uploads.add(1, "/data/uploads/b.png", -1)
@@ -406,6 +406,8 @@ async def test_upload_oldest_leaves_out_files_active_jobs_use(store: Store) -> N
     assert [upload.path.name for upload in oldest] == ["init_done.png", "free1.png", "free2.png", "init_canceled.png"]
     assert [upload.path.name for upload in await store.uploads.oldest(1, 2)] == ["init_done.png", "free1.png"]
     assert await store.uploads.oldest(3, 10) == []
+    with pytest.raises(ValueError):
+        await store.uploads.oldest(1, -1)
 
 
 async def test_upload_stale_and_remove(store: Store) -> None:

@@ -38,7 +38,7 @@ async def checkpoint_autocomplete(interaction: discord.Interaction, current: str
 
 
 OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale"}  # command option -> request field
-NOT_FIELDS = ("self", "interaction", "image", "mask")
+NOT_FIELDS = ("self", "interaction", "image", "mask", "app")  # app: locals() has the closure too
 
 
 def options_to_fields(options: dict) -> dict:

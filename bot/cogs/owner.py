@@ -40,9 +40,11 @@ def build_owner_cog(app: AppContext) -> commands.Cog:
         else:
             await interaction.response.send_message(text, ephemeral=True)
 
-    @app_commands.default_permissions(administrator=True)
-    @app_commands.check(owner_only)
+    @app_commands.default_permissions(administrator=True)  # hides it from members; the check below decides
     class Owner(commands.GroupCog, group_name="owner", group_description="The bot's models folder (bot owner only)"):
+        async def interaction_check(self, interaction: discord.Interaction) -> bool:
+            return await owner_only(interaction)
+
         @app_commands.command(name="refresh", description="Rescan the model folders for checkpoints and embeddings")
         async def refresh(self, interaction: discord.Interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
