@@ -69,3 +69,59 @@ def test_make_test_model_writes_both_forms(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "StableDiffusionXLPipeline" in (tmp_path / "xl" / "model_index.json").read_text()
     assert (tmp_path / "xl.safetensors").exists()
+
+
+async def test_a_bot_starting_beside_easel_generate_leaves_its_job_alone(tmp_path, models_dir, registry):
+    """The attack from the issue: a bot restart used to requeue a running CLI job, and the CLI hung."""
+    import asyncio
+    import sqlite3
+    import time
+
+    from conftest import make_config
+    from generation.engine import Engine
+    from generation.executor import LocalExecutor
+    from generation.service import GenerationService
+    from storage import open_store
+
+    data = tmp_path / "data"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_MODELS_DIR": str(models_dir), "EASEL_DATA_DIR": str(data),
+           "EASEL_DEVICE": "cpu", "EASEL_CONFIG": str(tmp_path / "none.toml")}
+    cli = subprocess.Popen([sys.executable, "-m", "cli.main", "generate", "a cat", "--checkpoint", "tiny",
+                            "--width", "512", "--height", "512", "--steps", "60", "--seed", "3",
+                            "--out", str(tmp_path / "cat.png")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        row = None
+        while row is None or row[0] != "running":
+            assert time.monotonic() < deadline and cli.poll() is None, cli.stderr.read() if cli.poll() else "slow"
+            await asyncio.sleep(0.05)
+            try:
+                with sqlite3.connect(f"file:{data / 'easel.db'}?mode=ro", uri=True) as db:
+                    row = db.execute("SELECT status, runner, id FROM jobs").fetchone()
+            except sqlite3.Error:
+                row = None  # not created or migrated yet
+        status, runner, job_id = row
+        assert runner.startswith("cli:")
+
+        config = make_config(models_dir, data)
+        store = await open_store(data / "easel.db")
+        engine = Engine(config=config, registry=registry)
+        executor = LocalExecutor(engine)
+        bot = GenerationService(config=config, store=store, engine=engine, executor=executor)
+        try:
+            await bot.start()  # what a restarting bot does
+            assert bot.queued_jobs() == []
+            assert (await store.jobs.get(job_id)).status == "running"  # still the CLI's, not requeued
+            stdout, stderr = await asyncio.to_thread(cli.communicate, timeout=240)
+            assert cli.returncode == 0, stderr
+            assert (tmp_path / "cat.png").exists()
+            job = await store.jobs.get(job_id)
+            assert job.status == "done" and job.attempts == 0
+        finally:
+            await bot.stop()
+            executor.shutdown()
+            await store.close()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
