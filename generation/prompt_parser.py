@@ -160,8 +160,9 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     entries: list[list] = []  # [text, weight, is_break]
     for kind, value in pieces:
         if kind == "open":
-            around[is_square[value]].append(value)
-            products[is_square[value]].append(products[is_square[value]][-1] * multipliers[value])
+            square = is_square[value]
+            around[square].append(value)
+            products[square].append(products[square][-1] * multipliers[value])
         elif kind == "close":
             around[is_square[value]].pop()
             products[is_square[value]].pop()

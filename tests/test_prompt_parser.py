@@ -340,10 +340,14 @@ PIECES = ["(", ")", "[", "]", ":", "\\", "a", "b ", "1", ".5", " ", "\n", "\t", 
           "BREAK", "AND", ":1.5)", ": 2 )", "<", ">", "<lora:x:1>", "|", "e", "-"]
 
 
-def random_prompts(count: int, pieces: int, seed: int):
+# Mostly brackets: deep nesting, crossed spans and weights, where the order of multiplication shows.
+BRACKETS = ["(", ")", "[", "]", "a", " ", ":1.3)", ":0.7)", "BREAK "]
+
+
+def random_prompts(count: int, pieces: int, seed: int, alphabet: list[str] = PIECES):
     rng = random.Random(seed)
     for _ in range(count):
-        yield "".join(rng.choice(PIECES) for _ in range(rng.randrange(pieces)))
+        yield "".join(rng.choice(alphabet) for _ in range(rng.randrange(pieces)))
 
 
 def test_whitespace_is_the_same_to_re_and_str_strip():
@@ -354,7 +358,7 @@ def test_whitespace_is_the_same_to_re_and_str_strip():
 
 def test_attention_equals_the_quadratic_reference_bit_for_bit():
     compared = 0
-    for text in random_prompts(20000, 12, seed=1):
+    for text in [*random_prompts(20000, 12, seed=1), *random_prompts(10000, 16, seed=5, alphabet=BRACKETS)]:
         try:
             expected = reference_parse_attention(text)
         except ValueError:  # float("1.5.5"): ours says so in a PromptError
@@ -363,7 +367,7 @@ def test_attention_equals_the_quadratic_reference_bit_for_bit():
             continue
         assert parse_attention(text) == expected, text
         compared += 1
-    assert compared > 15000
+    assert compared > 25000
 
 
 def test_attention_deeper_than_the_exact_depth_stays_within_rounding():
@@ -375,7 +379,8 @@ def test_attention_deeper_than_the_exact_depth_stays_within_rounding():
 
     rng = random.Random(2)
     for _ in range(300):
-        text = "".join(rng.choice(["(", "[", "a", "b ", ")", "]", ":1.5)", "BREAK "]) for _ in range(60))
+        text = "(" * 9 + "[" * 8 + "".join(rng.choice(["(", "[", "a", "b ", ")", "]", ":1.5)", "BREAK "])
+                                            for _ in range(60))
         ours, reference = per_character(parse_attention(text)), per_character(reference_parse_attention(text))
         assert [char for char, _ in ours] == [char for char, _ in reference]
         assert [weight for _, weight in ours] == pytest.approx([weight for _, weight in reference], rel=1e-12)
