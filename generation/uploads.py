@@ -24,6 +24,7 @@ from .images import open_user_image
 log = logging.getLogger(__name__)
 
 ALLOWED_TYPES = ("image/png", "image/jpeg", "image/webp")
+PRUNE_EVERY = timedelta(hours=1)  # a running bot looks for expired uploads at most this often
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
@@ -91,11 +92,15 @@ class UploadStore:
         self.retention = config.retention
         self.max_pixels = upload_pixel_limit(config)
         self._store = store
+        self._pruned_at: datetime | None = None
 
     async def save(self, image: ImageInput, *, owner_id: int, what: str) -> tuple[Path, bool]:
         """Download, check and keep one upload; (its path, whether this call created the file)."""
         data = await read_checked(image, max_pixels=self.max_pixels, what=what)
         png = await asyncio.to_thread(_as_png, data, self.max_pixels, what)
+        now = datetime.now(timezone.utc)
+        if self._pruned_at is None or now - self._pruned_at > PRUNE_EVERY:
+            await self.prune(now)
         await self._make_room(owner_id)
         path, created = await asyncio.to_thread(_write_new, self.folder / str(owner_id), png)
         await self._store.uploads.add(owner_id, str(path), len(png))
@@ -130,6 +135,7 @@ class UploadStore:
     async def prune(self, now: datetime | None = None) -> int:
         """Delete uploads unused for `[retention] uploads_days` (never one a queued or running job needs)."""
         now = now or datetime.now(timezone.utc)
+        self._pruned_at = now
         stale = await self._store.uploads.stale(now - timedelta(days=self.retention.uploads_days))
         await self._delete([record.path for record in stale])
         return len(stale)

@@ -372,3 +372,15 @@ async def test_every_job_of_a_broken_batch_gets_one_final_event(make_env):
     event = await asyncio.wait_for(terminal(), 20)
     assert "logged" in event.reason
     assert (await env.store.jobs.get(record.id)).status == "failed"
+
+
+async def test_uploads_expire_after_their_retention_unless_a_job_needs_them(make_env):
+    from datetime import datetime, timedelta, timezone
+
+    env = await make_env(retention={"uploads_days": 1})
+    uploads = env.submissions.uploads
+    kept = await env.submit(mode="img2img", init_image=FakeUpload(png(colour=(9, 9, 9))))
+    unused, _ = await uploads.save(FakeUpload(png(colour=(8, 8, 8))), owner_id=1, what="image")
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    assert await uploads.prune(later) == 1
+    assert not unused.exists() and os.path.exists(kept.request["init_image"])  # the queued job still needs it
