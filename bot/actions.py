@@ -5,11 +5,9 @@ No discord objects come in: only ids and flags, so tests call these directly.
 
 from __future__ import annotations
 
-from datetime import datetime
 
 from generation.errors import EaselError
 from generation.requests import GenerationRequest
-from generation.service import ReplyTarget
 from generation.submission import Ask, Requester
 
 from .context import AppContext
@@ -26,19 +24,14 @@ async def job_for_message(app: AppContext, message_id: int):
     return await app.store.jobs.get(images[0].job_id)
 
 
-async def reroll(app: AppContext, job_id: int, *, user_id: int, guild_id: int | None, channel_id: int | None,
-                 application_id: int | None = None, interaction_token: str | None = None,
-                 interaction_created_at: datetime | None = None, channel_nsfw: bool = False):
-    """The same request with a new seed, as the member's own job, through the one submission path
+async def reroll(app: AppContext, job_id: int, requester: Requester):
+    """The same request with a new seed, as the requester's own job, through the one submission path
     (this server's rules, the checkpoint gate, caps and moderation apply to the new member)."""
     job = await app.store.jobs.get(job_id)
     if job is None:
         raise NotFound("that result is gone; start a new /imagine")
     ask = Ask.again(GenerationRequest.from_dict(job.request), seed=None)
-    return await app.submissions.submit(ask, Requester(
-        user_id=user_id, channel_nsfw=channel_nsfw,
-        target=ReplyTarget(frontend="discord", guild_id=guild_id, channel_id=channel_id, application_id=application_id,
-                           interaction_token=interaction_token, interaction_created_at=interaction_created_at)))
+    return await app.submissions.submit(ask, requester)
 
 
 def may_delete(job, *, user_id: int, can_manage_messages: bool) -> bool:

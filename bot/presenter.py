@@ -197,7 +197,8 @@ class Presenter:
         chosen = fit_files([len(d) for d in data], limit)
         uploads = [(f"easel-{job.id}-{images[i].seed}.png", data[i]) for i in chosen]
         try:
-            tokens = self.app.engine.token_count(request.prompt, steps=request.steps)
+            # Parsing and tokenizing a member's text: off the event loop.
+            tokens = await asyncio.to_thread(self.app.engine.token_count, request.prompt, steps=request.steps)
         except Exception:
             tokens = None
         while True:

@@ -8,10 +8,13 @@ import discord
 from discord.ext import commands
 
 from generation.errors import EaselError
+from generation.service import ReplyTarget
+from generation.submission import Requester
 
 from . import actions
 from .context import AppContext
 from .presenter import DELETE_EMOJI, REROLL_EMOJI
+from .requesters import channel_is_nsfw
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,9 @@ class Reactions(commands.Cog):
                 await channel.get_partial_message(payload.message_id).delete()
             return
         try:
-            await actions.reroll(self.app, job.id, user_id=payload.user_id, guild_id=payload.guild_id,
-                                 channel_id=payload.channel_id)
+            await actions.reroll(self.app, job.id, Requester(
+                user_id=payload.user_id, channel_nsfw=channel_is_nsfw(self.bot.get_channel(payload.channel_id)),
+                target=ReplyTarget(frontend="discord", guild_id=payload.guild_id, channel_id=payload.channel_id)))
         except EaselError as exc:
             # No interaction to answer privately: a short reply in the channel, to that member only.
             await channel.send(f"<@{payload.user_id}> ⚠️ {exc}", delete_after=30,

@@ -11,6 +11,7 @@ from generation.errors import EaselError
 
 from . import actions
 from .errors import send_error
+from .requesters import requester_of
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ class RerollButton(JobButton, template=r"easel:job:(?P<job_id>\d+):reroll"):
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
         try:
-            await actions.reroll(_app(interaction), self.job_id, user_id=interaction.user.id,
-                                 guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-                                 application_id=interaction.application_id, interaction_token=interaction.token,
-                                 interaction_created_at=interaction.created_at)
+            await actions.reroll(_app(interaction), self.job_id, requester_of(interaction))
         except EaselError as exc:
             await interaction.edit_original_response(content=f"⚠️ {exc}")
 

@@ -73,6 +73,24 @@ async def test_refusals_are_plain_words_and_the_bot_keeps_serving(models_dir, tm
         await good.wait_for_original(finished, timeout=60)
 
 
+async def test_hostile_prompts_are_refused_quickly_while_others_are_served(models_dir, tmp_path):
+    import time
+
+    hostile = {"(a]" * 1333: "between", "a, " * 1333: "tokens", "a" + " " * 3998 + "b": None}
+    async with easel_on_fake_discord(models_dir, tmp_path, limits={"max_steps": 60}) as env:
+        for prompt, refusal in hostile.items():
+            started = time.perf_counter()
+            attack = await env.fake.invoke_command("imagine", {"prompt": prompt, "negative": prompt, "steps": 60},
+                                                   user=env.bob, guild=env.guild, channel=env.channel)
+            other = await env.fake.invoke_command("queue", {}, user=env.alice, guild=env.guild, channel=env.channel)
+            await other.wait_for_original(lambda m: not m.loading)
+            answered = time.perf_counter() - started
+            message = await attack.wait_for_original(lambda m: "⚠️" in m.content or not m.loading)
+            assert answered < 2.0  # before: 3-11 s of a frozen bot per hostile prompt
+            if refusal:
+                assert refusal in message.content and message.ephemeral
+
+
 async def test_img2img_checks_attachments(models_dir, tmp_path):
     async with easel_on_fake_discord(models_dir, tmp_path) as env:
         text = env.fake.upload_attachment("notes.txt", b"hello", "text/plain")
@@ -219,7 +237,19 @@ async def test_each_guild_keeps_its_own_limits(models_dir, tmp_path):
             refused = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=user, guild=strict,
                                                 channel=strict.channel_named("general"))
             message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
-            assert '"dog"' in message.content and "steps is at most 3 on this server" in message.content
+            assert "steps is at most 3 on this server" in message.content  # the cheap check answers first
+            refused = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 3}, user=user, guild=strict,
+                                                channel=strict.channel_named("general"))
+            message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+            assert '"dog"' in message.content
+            # An admin of one server turns a checkpoint off there, and only there.
+            admin = fake.add_member(strict, name="strict-admin", permissions=1 << 5).user  # Manage Server
+            switched = await fake.invoke_command("admin", {"name": "tiny", "enabled": False}, user=admin, guild=strict,
+                                                 channel=strict.channel_named("general"), subcommand="checkpoint")
+            await switched.wait_for_original(lambda m: "disabled on this server" in m.content)
+            refused = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 3}, user=user, guild=strict,
+                                                channel=strict.channel_named("general"))
+            assert "not available" in (await refused.wait_for_original(lambda m: "⚠️" in m.content)).content
             other = next(iter(relaxed.members.values())).user
             fine = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=other, guild=relaxed,
                                              channel=relaxed.channel_named("general"))
