@@ -58,6 +58,13 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
         else:
             await interaction.response.send_message(text, ephemeral=True, **kwargs)
 
+    async def edit_word_list(interaction: discord.Interaction, key: str, word: str, *, add: bool):
+        """Add or remove `word` in the server's list `key`; (the list, the word as shown, the old settings)."""
+        settings = await app.store.guilds.get_settings(interaction.guild_id)
+        words = banned_words_after(settings.get(key), word, add=add)
+        await app.store.guilds.update_settings(interaction.guild_id, **{key: words or None})
+        return words, escape(normalized_banned_word(word)), settings
+
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     class Admin(commands.GroupCog, group_name="admin", group_description="This server's easel settings (Manage Server)"):
@@ -108,10 +115,7 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
         @app_commands.autocomplete(word=banned_word_names)
         @admin_only
         async def banned_word(self, interaction: discord.Interaction, word: Word, add: bool):
-            settings = await app.store.guilds.get_settings(interaction.guild_id)
-            words = banned_words_after(settings.get("banned_words"), word, add=add)
-            await app.store.guilds.update_settings(interaction.guild_id, banned_words=words or None)
-            shown = escape(normalized_banned_word(word))
+            words, shown, _ = await edit_word_list(interaction, "banned_words", word, add=add)
             verb = "is now banned" if add else "is allowed again"
             await reply(interaction, f"“{shown}” {verb}; {plural(len(words), 'banned word')} in all.")
 
@@ -149,10 +153,7 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
                                add="True: add it; False: remove it")
         @admin_only
         async def nsfw_word(self, interaction: discord.Interaction, word: Word, add: bool):
-            settings = await app.store.guilds.get_settings(interaction.guild_id)
-            words = banned_words_after(settings.get("nsfw_words"), word, add=add)
-            await app.store.guilds.update_settings(interaction.guild_id, nsfw_words=words or None)
-            shown = escape(normalized_banned_word(word))
+            _, shown, settings = await edit_word_list(interaction, "nsfw_words", word, add=add)
             state = "" if settings.get("nsfw_filter") else " (the NSFW filter is off: turn it on with /admin nsfw-filter)"
             await reply(interaction, f"“{shown}” {'added to' if add else 'removed from'} this server's NSFW words{state}.")
 
