@@ -67,18 +67,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def length_problems(prompt: str, negative_prompt: str, limits: LimitsConfig) -> list[str]:
+    """The first and cheapest check of member text: how long it is."""
+    return [f"the {what} has {len(text):,} characters; the limit is {limits.max_prompt_chars:,}"
+            for what, text in (("prompt", prompt), ("negative prompt", negative_prompt))
+            if len(text) > limits.max_prompt_chars]
+
+
 def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[str]:
     """Every rule the request breaks, in field order; empty when it is valid."""
     problems: list[str] = []
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         problems.append("the prompt is empty")
-    elif len(request.prompt) > limits.max_prompt_chars:
-        problems.append(f"the prompt has {len(request.prompt):,} characters; the limit is {limits.max_prompt_chars:,}")
     if not isinstance(request.negative_prompt, str):
         problems.append("the negative prompt must be text")
-    elif len(request.negative_prompt) > limits.max_prompt_chars:
-        problems.append(f"the negative prompt has {len(request.negative_prompt):,} characters; "
-                        f"the limit is {limits.max_prompt_chars:,}")
+    if not problems:
+        problems += length_problems(request.prompt, request.negative_prompt, limits)
     if request.mode not in MODES:
         problems.append(f"mode must be one of {', '.join(MODES)}, not {request.mode!r}")
     try:

@@ -36,7 +36,7 @@ from .engine import CheckedRequest, Engine
 from .errors import InvalidRequest, ModelNotFound
 from .moderation import ModerationPolicy, WordList, load_nsfw_words
 from .registry import ModelRegistry
-from .requests import RANDOM_SEED, GenerationRequest, default_size
+from .requests import RANDOM_SEED, GenerationRequest, default_size, length_problems
 from .rules import RuleBroken, check_channel, disabled_checkpoints, guild_limit_problems, resolve_options
 from .service import GenerationService, ReplyTarget
 from .uploads import ImageInput, UploadStore, check_declared
@@ -121,10 +121,7 @@ class Submissions:
     async def prepare(self, ask: Ask, requester: Requester) -> "Prepared":
         """Steps 1-6: everything but downloading and storing. Raises EaselError with a
         member-facing message. Quick (no download), so a frontend may run it before it acknowledges."""
-        limits = self.config.limits
-        problems = [f"the {what} has {len(text):,} characters; the limit is {limits.max_prompt_chars:,}"
-                    for what, text in (("prompt", ask.prompt), ("negative prompt", ask.negative_prompt or ""))
-                    if len(text) > limits.max_prompt_chars]
+        problems = length_problems(ask.prompt, ask.negative_prompt or "", self.config.limits)
         if problems:
             raise InvalidRequest(problems)
         for what, image in (("image", ask.init_image), ("mask", ask.mask)):
