@@ -19,7 +19,8 @@ import discord
 
 from generation.config import LimitsConfig, RetentionConfig
 from generation.errors import EaselError
-from generation.prompt_parser import extra_network_tags, without_extra_networks
+from generation.infotext import parse_hash_list
+from generation.prompt_parser import EXTRA_NETWORK, LORA_TYPES
 from generation.requests import MAX_SEED
 from generation.samplers import resolve_sampler
 from generation.submission import Ask
@@ -48,28 +49,51 @@ class Draft:
     notes: tuple[str, ...] = ()
 
 
+def _with_local_loras(prompt: str, image_hashes: Mapping[str, str], loras: Mapping[str, str]) -> tuple[str, list[str]]:
+    """The prompt's LoRA tags pointed at this bot's files, found by the image's `Lora hashes`, then
+    by name; (prompt, tags that were left out because no file here matches)."""
+    missing = []
+
+    def local(match: re.Match) -> str:
+        tag = match.group(0)
+        kind, _, rest = tag[1:-1].partition(":")
+        if kind not in LORA_TYPES:
+            missing.append(f"{tag} (hypernetworks and other networks are not supported here)")
+            return ""
+        name, colon, weights = rest.partition(":")
+        wanted = (image_hashes.get(name) or "").lower()
+        by_hash = [local_name for local_name, short in loras.items() if wanted and short.lower() == wanted]
+        if by_hash:
+            return f"<{kind}:{by_hash[0]}{colon}{weights}>"
+        if name in loras:  # as A1111's paste does when no file has the image's hash
+            return tag
+        missing.append(f"{tag} (no LoRA here by that {'hash or ' if wanted else ''}name)")
+        return ""
+
+    return EXTRA_NETWORK.sub(local, prompt), missing
+
+
 def draft_from_infotext(fields: Mapping[str, Any], *, limits: LimitsConfig,
-                        checkpoints: Mapping[str, str | None]) -> Draft:
+                        checkpoints: Mapping[str, str | None], loras: Mapping[str, str] | None = None) -> Draft:
     """A txt2img draft from generation.infotext.to_request_fields output.
 
     `checkpoints`: the enabled checkpoints' names and short hashes; the image's model is found
-    by name, else by its hash.
+    by name, else by its hash. `loras`: this bot's LoRA names (and aliases) and short hashes; a
+    LoRA tag is kept when its file is here (by the image's `Lora hashes`, else by name).
 
     A value this bot cannot use (unknown sampler or model, out of its limits) is left out, so the
     member's and server's defaults fill it, and is named in `ignored`.
     """
     prompt, negative = str(fields.get("prompt") or "").strip(), str(fields.get("negative_prompt") or "")
-    ignored: list[str] = []
-    tags = extra_network_tags(prompt) + extra_network_tags(negative)
-    if tags:  # LoRA etc.: not here, and A1111 never reads these tags as words
-        prompt, negative = without_extra_networks(prompt).strip(), without_extra_networks(negative).strip()
-        ignored.append(f"{', '.join(tags)} (LoRA and other extra networks are not supported here)")
-    if not prompt:
-        raise DraftError("that image's parameters have no prompt, so there is nothing to generate from")
-    for what, text in (("prompt", prompt), ("negative prompt", negative)):
+    for what, text in (("prompt", prompt), ("negative prompt", negative)):  # first: the rest reads the text
         if len(text) > limits.max_prompt_chars:
             raise DraftError(f"that image's {what} has {len(text):,} characters; the limit here is "
                              f"{limits.max_prompt_chars:,}, so it cannot be generated again")
+    image_hashes = parse_hash_list(str((fields.get("extra") or {}).get("Lora hashes", "")))
+    prompt, ignored = _with_local_loras(prompt, image_hashes, loras or {})
+    prompt = prompt.strip()  # the negative prompt's tags are plain text there, as in A1111
+    if not prompt:
+        raise DraftError("that image's parameters have no prompt, so there is nothing to generate from")
     given: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "count": 1}
 
     sampler = fields.get("sampler")

@@ -44,6 +44,7 @@ class DeviceConfig:
 class ModelsConfig:
     default_checkpoint: str = ""
     pipeline_cache_size: int = 2
+    lora_cache_size: int = 8  # parsed LoRA files kept in memory
     allow_pickle_checkpoints: bool = False
     allow_hub_checkpoints: bool = True
 

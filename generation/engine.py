@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import OrderedDict
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from .images import load_user_image
 from .infotext import format_infotext
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
 from .previews import latents_to_preview
-from .prompt_parser import BREAK, extra_network_tags, parse_attention, prompt_parts, prompt_schedule
+from .prompt_parser import (BREAK, LORA_TYPES, extra_network_tags, lora_tags, parse_attention, prompt_parts,
+                            prompt_schedule, without_extra_networks)
 from .registry import TEXT_ENCODER_WIDTH, ModelRegistry
 from .requests import GenerationRequest, validate_request
 from .samplers import make_scheduler, resolve_sampler
@@ -87,15 +89,31 @@ class BatchItem:
 ProgressCallback = Callable[[Hashable, StepProgress], None]
 
 
-def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: int) -> tuple:
+def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: int, loras: tuple = ()) -> tuple:
     """Requests with equal keys can share one pipeline call and still get the images they would get alone.
 
     Embeddings are loaded per checkpoint and never block batching. The number of 77-token chunks is
-    part of the key: padding a prompt with an empty chunk would change its image.
+    part of the key: padding a prompt with an empty chunk would change its image. So is the LoRA
+    set (`Engine.lora_set`): one UNet call runs with one set of merged weights.
     """
     return (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, float(request.cfg_scale),
             request.width, request.height, request.clip_skip,
-            float(request.strength) if request.mode != "txt2img" else None, prompt_chunks)
+            float(request.strength) if request.mode != "txt2img" else None, prompt_chunks, loras)
+
+
+def model_state(checkpoint_name: str, loras: tuple) -> str:
+    """What must be loaded and merged for a job: the scheduler's affinity key."""
+    return checkpoint_name + "".join(f" <lora:{name}:{te:g}:{unet:g}>" for name, _, te, unet in loras)
+
+
+def encoder_prompt(prompt: str) -> str:
+    """The prompt the text encoder reads: extra-network tags removed (the infotext keeps them)."""
+    return without_extra_networks(prompt)
+
+
+def _family_label(width: int) -> str:
+    labels = {spec.cross_attention_width: spec.label for spec in ARCHITECTURES.values() if spec.detectable}
+    return labels.get(width, f"a model with {width}-wide text conditioning")
 
 
 def _distinct_texts(prompts: Sequence[str], steps: int) -> list[str]:
@@ -115,6 +133,7 @@ class CheckedRequest:
     prompt_texts: tuple[str, ...]
     negative_texts: tuple[str, ...]
     token_count: int  # the longest prompt text's, as A1111 counts it
+    model_state: str = ""  # checkpoint and LoRA set, for the scheduler's affinity
 
 
 class Engine:
@@ -125,6 +144,7 @@ class Engine:
         self._counter_lock = threading.Lock()
         self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
                                             device=DeviceSpec.choose(config.device.device))
+        self._lora_files = _LoraFiles(config.models.lora_cache_size)
 
     # ------------------------------------------------------------------ checks
     def check(self, request: GenerationRequest) -> "CheckedRequest":
@@ -136,11 +156,13 @@ class Engine:
         validate_request(request, limits)
         info = self.registry.resolve(request.checkpoint)  # raises ModelNotFound with a hint
         problems = []
-        tags = extra_network_tags(request.prompt) + extra_network_tags(request.negative_prompt)
-        if tags:
-            problems.append(f"LoRA and other extra networks are not supported yet: {', '.join(tags[:5])}; "
+        # As in A1111, only the prompt's tags count; a tag in the negative prompt is plain text there.
+        others = [tag for tag in extra_network_tags(request.prompt) if tag[1:].split(":", 1)[0] not in LORA_TYPES]
+        if others:
+            problems.append(f"hypernetworks and other extra networks are not supported: {', '.join(others[:5])}; "
                             "remove them to generate without")
-        parts = prompt_parts(request.prompt)
+        uses = self._lora_problems(request, info, problems)
+        parts = prompt_parts(encoder_prompt(request.prompt))
         if len(parts) > limits.max_prompt_parts:
             problems.append(f"the prompt has {len(parts)} parts joined by AND; the limit is {limits.max_prompt_parts}")
         if any(not math.isfinite(weight) or abs(weight) > limits.max_prompt_weight for _, weight in parts):
@@ -179,9 +201,46 @@ class Engine:
         if problems:
             raise InvalidRequest(problems)
         return CheckedRequest(
-            request=request, checkpoint=info.name, batch_key=batch_key(request, info.name, chunks),
+            request=request, checkpoint=info.name, batch_key=batch_key(request, info.name, chunks, uses),
+            model_state=model_state(info.name, uses),
             cost=job_cost(request.width, request.height, request.steps, request.count, prompt_parts=len(parts)),
             prompt_texts=plain["prompt"], negative_texts=plain["negative prompt"], token_count=tokens["prompt"])
+
+    def _lora_problems(self, request: GenerationRequest, info, problems: list[str]) -> tuple:
+        """The request's LoRA set (see `lora_set`), adding to `problems` what keeps it from working."""
+        bound = self.config.limits.max_prompt_weight
+        width = TEXT_ENCODER_WIDTH.get(info.architecture)
+        for tag in lora_tags(request.prompt):  # PromptError for a weight that is not a number
+            lora = self.registry.lora(tag.name)
+            if lora is None:
+                problems.append(f"there is no LoRA named {tag.name!r}; /loras lists them")
+            elif not lora.usable:
+                problems.append(f"LoRA {tag.name!r} cannot be used: {lora.skip_reason}")
+            elif lora.width is not None and width is not None and lora.width != width:
+                problems.append(f"LoRA {tag.name!r} was made for {_family_label(lora.width)}; {info.name} is "
+                                f"{ARCHITECTURES[info.architecture].label}")
+            if not all(math.isfinite(w) and abs(w) <= bound for w in (tag.te, tag.unet)):
+                problems.append(f"LoRA weights must stay between -{bound:g} and {bound:g}: {tag.tag}")
+        return () if problems else self.lora_set(request)
+
+    def lora_set(self, request: GenerationRequest) -> tuple:
+        """(name, short hash, te, unet) of each LoRA tag, in one canonical order: jobs with equal sets
+        share a batch and get bit-identical weights, whatever order their tags were written in."""
+        uses = []
+        for tag in lora_tags(request.prompt):
+            lora = self.registry.lora(tag.name)
+            if lora is not None:
+                uses.append((lora.name, lora.short_hash, float(tag.te), float(tag.unet)))
+        return tuple(sorted(uses))
+
+    def lora_hashes(self, request: GenerationRequest) -> str:
+        """A1111's `Lora hashes` value: "name: hash12, ..." in tag order, names as typed without , and :."""
+        entries = []
+        for tag in lora_tags(request.prompt):
+            lora = self.registry.lora(tag.name)
+            if lora is not None:
+                entries.append(f"{tag.name.replace(':', '').replace(',', '')}: {lora.short_hash}")
+        return ", ".join(entries)
 
     def check_request(self, request: GenerationRequest) -> GenerationRequest:
         """`check`, for callers that need only the verdict; returns the request unchanged."""
@@ -222,20 +281,50 @@ class Engine:
         """Tokens as A1111 counts them under a prompt (75 per chunk; the longest AND-part), with the
         SD CLIP tokenizer."""
         with self._counter_lock:
-            return max(self._token_counter.token_count(text, steps=steps) for text, _ in prompt_parts(prompt))
+            return max(self._token_counter.token_count(text, steps=steps)
+                       for text, _ in prompt_parts(encoder_prompt(prompt)))
 
     def embeddings_used(self, request: GenerationRequest) -> list[EmbeddingInfo]:
-        return triggers_in(request.prompt + "\n" + request.negative_prompt, self.registry.embeddings)
+        return triggers_in(encoder_prompt(request.prompt) + "\n" + request.negative_prompt, self.registry.embeddings)
 
     def batch_key(self, request: GenerationRequest) -> tuple:
-        return batch_key(request, self.registry.resolve(request.checkpoint).name, self.prompt_chunks(request))
+        return batch_key(request, self.registry.resolve(request.checkpoint).name, self.prompt_chunks(request),
+                         self.lora_set(request))
 
     def prompt_chunks(self, request: GenerationRequest) -> int:
         """How many 77-token chunks the request's conditioning has (prompt parts and negative are padded alike)."""
-        texts = _distinct_texts([part for part, _ in prompt_parts(request.prompt)], request.steps)
+        texts = _distinct_texts([part for part, _ in prompt_parts(encoder_prompt(request.prompt))], request.steps)
         texts += _distinct_texts([request.negative_prompt], request.steps) if request.negative_prompt else []
         with self._counter_lock:
             return max([1] + [len(self._token_counter.tokenize(text).chunks) for text in texts])
+
+    @property
+    def loaded_model_state(self) -> str | None:
+        """The most recently used checkpoint with the LoRA set merged into it (see `model_state`)."""
+        name = self.cache.most_recent
+        if name is None:
+            return None
+        loaded = self.cache.peek(name)
+        return model_state(name, loaded.lora_set if loaded is not None else ())
+
+    def _merge_loras(self, loaded: LoadedCheckpoint, loras: tuple) -> None:
+        """Merge the batch's LoRA set into the loaded weights (a no-op when it is merged already)."""
+        from .lora_networks import LoraError, LoraMerger
+
+        if loaded.lora_merger is None:
+            if not loras:
+                return
+            loaded.lora_merger = LoraMerger(loaded.base)
+        uses = []
+        for name, _, te, unet in loras:
+            info = self.registry.lora(name)
+            if info is None:
+                raise LoraError(f"LoRA {name!r} is no longer in the models folder")
+            uses.append((self._lora_files.get(info, allow_pickle=self.config.models.allow_pickle_checkpoints),
+                         te, unet))
+        loaded.lora_set = ()  # unknown until the merge below succeeds
+        loaded.lora_merger.apply(uses)
+        loaded.lora_set = loras
 
     # ------------------------------------------------------------------ running
     def generate(self, request: GenerationRequest, *, on_progress: Callable[[StepProgress], None] | None = None,
@@ -261,6 +350,7 @@ class Engine:
             if len(items) > 1 and self.batch_key(item.request) != key:
                 raise ValueError("batch items must share one batch key")
         loaded = self.cache.get(info)
+        self._merge_loras(loaded, key[-1])
         pipe = loaded.pipeline_for(first.mode)
         used: dict[str, EmbeddingInfo] = {}
         for item in items:
@@ -269,6 +359,27 @@ class Engine:
         ensure_loaded(loaded.base, used.values(), loaded.embeddings)
         return _BatchRun(engine=self, loaded=loaded, pipe=pipe, items=list(items), used=used,
                          on_progress=on_progress).run()
+
+
+class _LoraFiles:
+    """Parsed LoRA files kept in memory (least recently used dropped first), so switching sets costs
+    a merge, not a read. Used from the GPU thread only."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._files: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, info, *, allow_pickle: bool):
+        from .lora_networks import read_lora_file
+
+        stat = info.path.stat()
+        key = (info.path, stat.st_size, stat.st_mtime_ns)
+        if key not in self._files:
+            self._files[key] = read_lora_file(info.path, allow_pickle=allow_pickle)
+            while len(self._files) > self.capacity:
+                self._files.popitem(last=False)
+        self._files.move_to_end(key)
+        return self._files[key]
 
 
 class _BatchRun:
@@ -296,7 +407,8 @@ class _BatchRun:
         pipe.scheduler = make_scheduler(self.choice, self.loaded.scheduler_config, seeds=self.seeds, steps=request.steps)
         device = self.engine.cache.device
         self.conditioning = BatchConditioning.build(
-            pipe, [(item.request.prompt, item.request.negative_prompt, item.request.count) for item in self.items],
+            pipe, [(encoder_prompt(item.request.prompt), item.request.negative_prompt, item.request.count)
+                   for item in self.items],
             steps=request.steps, clip_skip=request.clip_skip, max_chunks=self.engine.config.limits.max_prompt_chunks,
         )
         prompt_embeds, negative_embeds = self.conditioning.at_step(0)
@@ -372,6 +484,7 @@ class _BatchRun:
                 results[item.key] = None
                 continue
             ti_hashes = {e.trigger: e.ti_hash for e in self.engine.embeddings_used(request)}
+            lora_hashes = self.engine.lora_hashes(request)
             info = self.loaded.info
             results[item.key] = [
                 GeneratedImage(index=i, seed=request.seed + i, image=image, infotext=format_infotext(
@@ -381,6 +494,7 @@ class _BatchRun:
                     model_hash=info.short_hash, model=info.name,
                     denoising_strength=request.strength if request.mode != "txt2img" else None,
                     clip_skip=request.clip_skip, ti_hashes=ti_hashes or None, version=f"easel {__version__}",
+                    extra=[("Lora hashes", lora_hashes)] if lora_hashes else (),
                 ))
                 for i, image in enumerate(chunk)
             ]

@@ -56,7 +56,8 @@ class Executor(Protocol):
 
     @property
     def loaded_checkpoint(self) -> str | None:
-        """The checkpoint a batch would run on without loading, for the scheduler's affinity."""
+        """The checkpoint (with its merged LoRA set, see engine.model_state) a batch would run on
+        without loading or merging anything, for the scheduler's affinity."""
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -77,7 +78,7 @@ class LocalExecutor:
 
     @property
     def loaded_checkpoint(self) -> str | None:
-        return self.engine.cache.most_recent
+        return self.engine.loaded_model_state
 
     def cancel(self, key: Hashable, reason: str = "canceled") -> bool:
         with self._lock:

@@ -50,6 +50,8 @@ class LoadedCheckpoint:
     architecture: str
     scheduler_config: dict = field(default_factory=dict)  # as loaded: each run builds its sampler from this
     embeddings: set[str] = field(default_factory=set)  # triggers already loaded into the shared text encoder
+    lora_merger: object | None = None  # generation.lora_networks.LoraMerger, made when a LoRA is first used
+    lora_set: tuple = ()  # the LoRA set merged into the weights now (Engine.lora_set)
     _derived: dict[str, object] = field(default_factory=dict)
 
     def pipeline_for(self, mode: Mode):
@@ -129,6 +131,10 @@ class PipelineCache:
     @property
     def most_recent(self) -> str | None:
         return next(reversed(self._entries.values())).info.name if self._entries else None
+
+    def peek(self, name: str) -> LoadedCheckpoint | None:
+        """A loaded checkpoint by name, without loading or reordering anything."""
+        return next((entry for entry in self._entries.values() if entry.info.name == name), None)
 
     def get(self, info: CheckpointInfo) -> LoadedCheckpoint:
         key = (info.path, info.sha256)

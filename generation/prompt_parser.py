@@ -27,6 +27,10 @@ from .errors import PromptError
 
 __all__ = [
     "BREAK",
+    "EXTRA_NETWORK",
+    "LORA_TYPES",
+    "LoraTag",
+    "lora_tags",
     "extra_network_tags",
     "parse_attention",
     "plain_text",
@@ -559,7 +563,7 @@ def plain_text(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 # A1111's extra-network syntax (`<lora:name:0.8>`, `<hypernet:name:1>`, `<lyco:...>`), its own pattern.
-_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 
 def _tag_region(prompt: str) -> int:
@@ -569,16 +573,70 @@ def _tag_region(prompt: str) -> int:
 
 
 def extra_network_tags(prompt: str) -> list[str]:
-    """The A1111 extra-network tags in `prompt`, as written (easel has no LoRA or hypernetworks:
-    A1111 removes these tags before encoding, so they must not be read as words).
+    """The A1111 extra-network tags in `prompt`, as written (A1111 removes these tags before
+    encoding, so they must never be read as words).
 
     >>> extra_network_tags("a cat <lora:fluffy:0.8>, <hypernet:x:1>")
     ['<lora:fluffy:0.8>', '<hypernet:x:1>']
     """
-    return [match.group(0) for match in _EXTRA_NETWORK.finditer(prompt, 0, _tag_region(prompt))]
+    return [match.group(0) for match in EXTRA_NETWORK.finditer(prompt, 0, _tag_region(prompt))]
 
 
 def without_extra_networks(prompt: str) -> str:
     """`prompt` with its extra-network tags removed (as A1111 does before encoding)."""
     end = _tag_region(prompt)
-    return _EXTRA_NETWORK.sub("", prompt[:end]) + prompt[end:]
+    return EXTRA_NETWORK.sub("", prompt[:end]) + prompt[end:]
+
+
+# Network types read as LoRA (A1111: `lyco` is an alias of `lora`).
+LORA_TYPES = ("lora", "lyco")
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    """One `<lora:NAME:...>` tag: the name as typed and its text-encoder and UNet multipliers."""
+
+    tag: str
+    name: str
+    te: float
+    unet: float
+
+
+def lora_tags(prompt: str) -> list[LoraTag]:
+    """The LoRA tags of a (positive) prompt, in order, with A1111's weight rules:
+    `<lora:x>` 1/1, `<lora:x:W>` W/W, `<lora:x:TE:UNET>`, named `te=` and `unet=`; a `te=` alone
+    sets the UNet weight too, as in A1111. Raises PromptError for a weight that is not a finite
+    number and for `dyn` (a rank limit easel does not apply).
+
+    >>> [(t.name, t.te, t.unet) for t in lora_tags("a <lora:x:0.5:1> <lyco:y:te=0.2>")]
+    [('x', 0.5, 1.0), ('y', 0.2, 0.2)]
+    """
+    tags = []
+    for match in EXTRA_NETWORK.finditer(prompt, 0, _tag_region(prompt)):
+        if match.group(1) not in LORA_TYPES:
+            continue
+        items = match.group(2).split(":")
+        positional = [item for item in items if "=" not in item]
+        named = dict(item.split("=", 1) for item in items if "=" in item)
+        if not positional or not positional[0]:
+            raise PromptError(f"`{_shorten(match.group(0))}` names no LoRA: write `<lora:name:0.8>`.")
+        if len(positional) > 3 or "dyn" in named:
+            raise PromptError(f"`{_shorten(match.group(0))}`: easel does not apply `dyn` (a rank limit); "
+                              "write `<lora:name:weight>` or `<lora:name:te:unet>`.")
+        te = _lora_weight(positional[1], match.group(0)) if len(positional) > 1 else 1.0
+        te = _lora_weight(named["te"], match.group(0)) if "te" in named else te
+        unet = _lora_weight(positional[2], match.group(0)) if len(positional) > 2 else te
+        unet = _lora_weight(named["unet"], match.group(0)) if "unet" in named else unet
+        tags.append(LoraTag(tag=match.group(0), name=positional[0], te=te, unet=unet))
+    return tags
+
+
+def _lora_weight(text: str, tag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise PromptError(f"`{_shorten(text)}` in `{_shorten(tag)}` is not a number: write `<lora:name:0.8>`.") from None
+    if not math.isfinite(value):
+        raise PromptError(f"`{_shorten(text)}` in `{_shorten(tag)}` is too large: write `<lora:name:0.8>`.")
+    return value
+

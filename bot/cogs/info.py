@@ -47,6 +47,15 @@ def info_embed(fields: dict, draft: Draft, filename: str) -> discord.Embed:
     return embed
 
 
+def local_loras(registry) -> dict[str, str]:
+    """Every usable LoRA's name and alias, with its short hash."""
+    found = {}
+    for lora in registry.loras:
+        if lora.usable:
+            found.update({name: lora.short_hash for name in (lora.name, lora.alias) if name})
+    return found
+
+
 def _parameters(data: bytes) -> dict:
     text = read_infotext(data, max_pixels=INFO_MAX_PIXELS)
     if not text or not text.strip():
@@ -68,7 +77,8 @@ def build_info_cog(app: AppContext) -> commands.Cog:
             fields = await asyncio.to_thread(_parameters, data)  # decoding and parsing: off the event loop
             checkpoints = {r.name: r.short_hash for r in await app.store.checkpoints.list(enabled_only=True)}
             try:
-                draft = draft_from_infotext(fields, limits=app.config.limits, checkpoints=checkpoints)
+                draft = draft_from_infotext(fields, limits=app.config.limits, checkpoints=checkpoints,
+                                            loras=local_loras(app.registry))
             except DraftError as exc:  # the parameters are still worth showing
                 await interaction.edit_original_response(embed=info_embed(fields, Draft(given={}, notes=(str(exc),)),
                                                                           image.filename))
