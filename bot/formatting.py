@@ -116,6 +116,23 @@ def embedding_line(*, trigger: str, vectors: int | None, skip_reason: str | None
     return f"**{escape(trigger)}** · {count} vector{'s' if count != 1 else ''}"
 
 
+def code(text: str) -> str:
+    """`text` as inline code, or escaped plain text when it holds a backtick (which would end the span)."""
+    return f"`{text}`" if text and "`" not in text else escape(text)
+
+
+def lora_line(*, name: str, short_hash: str | None, family: str, alias: str | None,
+              skip_reason: str | None) -> str:
+    """One LoRA of /loras: how to write it in a prompt, its hash, family and alias, or why it is skipped."""
+    shown = one_line(name, 100)
+    if skip_reason:
+        return f"~~{escape(shown)}~~ · skipped: {escape(one_line(skip_reason, 150))}"
+    line = f"{code(f'<lora:{shown}:1>')} · {code(short_hash) if short_hash else 'no hash'} · {family}"
+    if alias:
+        line += f" · alias {code(one_line(alias, 60))}"
+    return line
+
+
 # ------------------------------------------------------------------------------------ /history
 
 

@@ -76,6 +76,19 @@ def _print_models(registry) -> None:
     for embedding in snapshot.embeddings:
         status = f"skipped: {embedding.skip_reason}" if embedding.skip_reason else "ok"
         print(f"  {embedding.trigger:<32} [{embedding.ti_hash}] {embedding.vectors} x {embedding.width}  {status}")
+    loras_dir = getattr(registry, "loras_dir", None)
+    if loras_dir is None:
+        return
+    print(f"loras in {loras_dir}:")
+    if not snapshot.loras:
+        print("  (none)")
+    for lora in snapshot.loras:
+        if lora.skip_reason:
+            print(f"  {lora.name:<32} skipped {lora.path.name}: {lora.skip_reason}")
+            continue
+        alias = f"  alias {lora.alias}" if lora.alias else ""
+        family = f"{lora.family} ({lora.width})" if lora.width else lora.family
+        print(f"  {lora.name:<32} [{lora.short_hash}] {lora.format:<11} {family}{alias}")
 
 
 def ask_from_args(args) -> "Ask":

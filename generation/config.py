@@ -143,6 +143,10 @@ class Config:
         return self.models_dir / "embeddings"
 
     @property
+    def loras_dir(self) -> Path:
+        return self.models_dir / "loras"
+
+    @property
     def uploads_dir(self) -> Path:
         """Images members uploaded (init images, masks), one folder per member."""
         return self.data_dir / "uploads"

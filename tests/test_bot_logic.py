@@ -336,11 +336,11 @@ def test_draft_keeps_what_this_bot_can_use_and_names_the_rest():
     assert "steps 150 (allowed: 1-60)" in ignored and "size 1536x1536" in ignored
 
 
-def test_draft_leaves_out_lora_tags_and_names_them():
+def test_draft_leaves_out_loras_it_does_not_have_and_names_them():
     text = "a cat <lora:fluffy:0.8>, (soft:1.2)\nNegative prompt: <lora:bad:1> lowres\nSteps: 20, Sampler: Euler, Seed: 5"
     draft = draft_from_infotext(to_request_fields(parse_infotext(text)), limits=LIMITS, checkpoints={})
-    assert (draft.given["prompt"], draft.given["negative_prompt"]) == ("a cat , (soft:1.2)", "lowres")
-    assert draft.ignored == ("<lora:fluffy:0.8>, <lora:bad:1> (LoRA and other extra networks are not supported here)",)
+    assert (draft.given["prompt"], draft.given["negative_prompt"]) == ("a cat , (soft:1.2)", "<lora:bad:1> lowres")
+    assert list(draft.ignored) == ["<lora:fluffy:0.8> (no LoRA here by that name)"]
     with pytest.raises(DraftError, match="no prompt"):
         draft_from_infotext({"prompt": "<lora:only:1>", "negative_prompt": ""}, limits=LIMITS, checkpoints={})
 

@@ -106,7 +106,7 @@ async def test_schema_listing_commands_and_empty_states(own_models, tmp_path):
         assert {o["name"] for o in admin["options"]} == {"show", "limits", "channel", "banned-word", "checkpoint",
                                                          "nsfw-filter", "nsfw-word"}
         owner = env.fake.command("owner")
-        assert {o["name"] for o in owner["options"]} == {"refresh", "embedding-add"}
+        assert {o["name"] for o in owner["options"]} == {"refresh", "embedding-add", "lora-add"}
         imagine = env.fake.command("imagine")
         lengths = {o["name"]: o.get("max_length") for o in imagine["options"] if o["name"] in ("prompt", "negative")}
         assert lengths == {"prompt": 4000, "negative": 4000}  # Discord refuses longer text before easel sees it

@@ -303,7 +303,7 @@ async def test_sdxl_checkpoint_with_a_composable_prompt_and_a_lora_refusal(tmp_p
         refused = await env.fake.invoke_command("imagine", {"prompt": "a cat <lora:fluffy:0.8>"},
                                                 user=env.alice, guild=env.guild, channel=env.channel)
         message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
-        assert "not supported yet: <lora:fluffy:0.8>" in message.content
+        assert "there is no LoRA named 'fluffy'" in message.content
         prompt = "a cat AND a [red|blue] hat:0.6"
         interaction = await env.fake.invoke_command("imagine", {"prompt": prompt, "steps": 3, "seed": 9},
                                                     user=env.alice, guild=env.guild, channel=env.channel)

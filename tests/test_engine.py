@@ -297,8 +297,10 @@ def test_token_counts_see_multi_vector_embeddings_as_the_loaded_tokenizer_does(e
         assert engine.prompt_chunks(tiny_request(prompt=prompt)) == len(truth.tokenize(prompt).chunks) == chunks
 
 
-def test_lora_tags_are_refused_clearly_not_read_as_words(engine):
-    with pytest.raises(InvalidRequest, match=r"LoRA and other extra networks are not supported yet: "
-                                             r"<lora:fluffy:0.8>, <hypernet:old:1>; remove them"):
-        engine.check_request(tiny_request(prompt="a cat <lora:fluffy:0.8>", negative_prompt="<hypernet:old:1>"))
+def test_unknown_networks_are_refused_clearly_not_read_as_words(engine):
+    with pytest.raises(InvalidRequest) as refused:
+        engine.check_request(tiny_request(prompt="a cat <lora:fluffy:0.8> <hypernet:old:1>"))
+    assert "there is no LoRA named 'fluffy'; /loras lists them" in str(refused.value)
+    assert "extra networks are not supported: <hypernet:old:1>; remove them" in str(refused.value)
+    engine.check_request(tiny_request(prompt="a cat", negative_prompt="<hypernet:old:1> <lora:x:1>"))  # text there
     engine.check_request(tiny_request(prompt="a <cat> and (dog:1.2)"))  # angle brackets alone are text

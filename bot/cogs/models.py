@@ -1,4 +1,4 @@
-"""/checkpoints and /embeddings: what members can use."""
+"""/checkpoints, /embeddings and /loras: what members can use."""
 
 # No `from __future__ import annotations`: discord.py reads the option annotations at runtime.
 
@@ -10,7 +10,24 @@ from generation.errors import ModelNotFound
 from generation.rules import disabled_checkpoints
 
 from ..context import AppContext
-from ..formatting import MAX_EMBED_DESCRIPTION, checkpoint_line, embedding_line, join_within
+from ..formatting import (
+    MAX_EMBED_DESCRIPTION,
+    checkpoint_line,
+    clip,
+    embedding_line,
+    join_within,
+    lora_line,
+    one_line,
+    quoted,
+)
+
+MAX_SEARCH_CHARS = 100
+
+
+def lora_matches(lora, search: str) -> bool:
+    """Whether `search` is part of the LoRA's name or alias, ignoring case."""
+    needle = search.casefold()
+    return needle in lora.name.casefold() or (lora.alias is not None and needle in lora.alias.casefold())
 
 
 def build_models_cog(app: AppContext) -> commands.Cog:
@@ -49,6 +66,33 @@ def build_models_cog(app: AppContext) -> commands.Cog:
                                   colour=discord.Colour.blurple(),
                                   description=join_within(lines, MAX_EMBED_DESCRIPTION))
             embed.set_footer(text="Write a trigger word in your prompt to use its embedding")
+            await interaction.response.send_message(embed=embed, ephemeral=True)
+
+        @app_commands.command(name="loras", description="The LoRAs you can write in a prompt as <lora:name:1>")
+        @app_commands.describe(search="Only LoRAs whose name or alias contains this")
+        async def loras(self, interaction: discord.Interaction,
+                        search: app_commands.Range[str, 1, MAX_SEARCH_CHARS] | None = None):
+            every = app.registry.loras
+            if not every:
+                await interaction.response.send_message("No LoRAs are installed.", ephemeral=True)
+                return
+            search = (search or "").strip()
+            found = [lora for lora in every if lora_matches(lora, search)] if search else list(every)
+            if not found:
+                await interaction.response.send_message(f"No LoRA matches “{quoted(search, MAX_SEARCH_CHARS)}”.",
+                                                        ephemeral=True)
+                return
+            usable = [lora for lora in found if lora.usable]
+            skipped = [lora for lora in found if not lora.usable]
+            lines = [lora_line(name=lora.name, short_hash=lora.short_hash, family=lora.family, alias=lora.alias,
+                               skip_reason=lora.skip_reason) for lora in usable + skipped]
+            title = f"LoRAs ({len(usable)} usable, {len(skipped)} skipped)"
+            if search:
+                title = clip(f"LoRAs matching “{one_line(search, MAX_SEARCH_CHARS)}” "
+                             f"({len(usable)} usable, {len(skipped)} skipped)", 256)
+            embed = discord.Embed(title=title, colour=discord.Colour.blurple(),
+                                  description=join_within(lines, MAX_EMBED_DESCRIPTION))
+            embed.set_footer(text="Write <lora:name:weight> in your prompt; 1 is full strength")
             await interaction.response.send_message(embed=embed, ephemeral=True)
 
     return Models()

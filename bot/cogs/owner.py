@@ -13,7 +13,16 @@ from generation.errors import EaselError
 from .. import model_admin
 from ..context import AppContext
 from ..formatting import MAX_CONTENT, clip, escape, names_list, plural
-from ..model_admin import MAX_EMBEDDING_BYTES, add_embedding, check_upload_size, embedding_trigger
+from ..model_admin import (
+    MAX_EMBEDDING_BYTES,
+    MAX_LORA_BYTES,
+    add_embedding,
+    add_lora,
+    check_lora_size,
+    check_upload_size,
+    embedding_trigger,
+    lora_name,
+)
 
 
 class NotOwner(app_commands.CheckFailure):
@@ -45,7 +54,8 @@ def build_owner_cog(app: AppContext) -> commands.Cog:
         async def interaction_check(self, interaction: discord.Interaction) -> bool:
             return await owner_only(interaction)
 
-        @app_commands.command(name="refresh", description="Rescan the model folders for checkpoints and embeddings")
+        @app_commands.command(name="refresh",
+                              description="Rescan the model folders for checkpoints, embeddings and LoRAs")
         async def refresh(self, interaction: discord.Interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
             summary = await model_admin.refresh(app)
@@ -55,6 +65,10 @@ def build_owner_cog(app: AppContext) -> commands.Cog:
                 lines.append(f"Skipped files: {names_list(summary.skipped_checkpoints, 5)}")
             if summary.skipped_embeddings:
                 lines.append(f"Skipped embeddings: {names_list(summary.skipped_embeddings, 5)}")
+            if summary.loras or summary.skipped_loras:
+                lines.append(f"LoRAs: {summary.loras} usable.")
+            if summary.skipped_loras:
+                lines.append(f"Skipped LoRAs: {names_list(summary.skipped_loras, 5)}")
             await reply(interaction, clip("\n".join(lines), MAX_CONTENT))
 
         @app_commands.command(name="embedding-add", description="Add a textual-inversion embedding (.safetensors)")
@@ -72,5 +86,22 @@ def build_owner_cog(app: AppContext) -> commands.Cog:
             vectors = plural(added.vectors, "vector")
             await reply(interaction, f"Added embedding **{escape(added.trigger)}** ({vectors}). "
                                      f"Write `{added.trigger}` in a prompt to use it.")
+
+        @app_commands.command(name="lora-add", description="Add a LoRA (.safetensors)")
+        @app_commands.describe(file=f"A .safetensors LoRA, at most {MAX_LORA_BYTES // 2**20} MiB; "
+                                    "its file name is its name in <lora:name:1>")
+        async def lora_add(self, interaction: discord.Interaction, file: discord.Attachment):
+            lora_name(file.filename)  # refuse before downloading anything
+            check_lora_size(file.size)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            try:
+                data = await file.read()
+            except discord.HTTPException:
+                raise EaselError("could not download the file; try uploading it again") from None
+            added = await add_lora(app, filename=file.filename, data=data)
+            alias = f", alias {escape(clip(added.alias, 100))}" if added.alias else ""
+            await reply(interaction, clip(f"Added LoRA **{escape(added.name)}** ({added.family}, hash "
+                                          f"`{added.short_hash}`{alias}). Write `<lora:{added.name}:1>` in a prompt "
+                                          "to use it.", MAX_CONTENT))
 
     return Owner()
