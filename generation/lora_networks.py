@@ -474,7 +474,8 @@ def _sgm_blocks(unet: torch.nn.Module) -> dict[str, tuple[str, bool]]:
             if j < len(attentions):
                 blocks[f"up_blocks.{i}.attentions.{j}"] = (f"output_blocks.{slot}.1", False)
             if j == len(block.resnets) - 1 and getattr(block, "upsamplers", None):
-                blocks[f"up_blocks.{i}.upsamplers.0.conv"] = (f"output_blocks.{slot}.{2 if attentions else 1}.conv", False)
+                position = 2 if attentions else 1  # after the resnet (and the attention)
+                blocks[f"up_blocks.{i}.upsamplers.0.conv"] = (f"output_blocks.{slot}.{position}.conv", False)
             slot += 1
     return blocks
 
@@ -512,8 +513,8 @@ def lora_targets(pipe) -> dict[str, tuple[str, torch.nn.Module]]:
 
     layers = (torch.nn.Linear, torch.nn.Conv2d)
     encoder_2 = getattr(pipe, "text_encoder_2", None)
-    encoders = [(getattr(pipe, "text_encoder", None), ("lora_te1_",) if encoder_2 is not None else ("lora_te_", "lora_te1_")),
-                (encoder_2, ("lora_te2_",))]
+    first = ("lora_te1_",) if encoder_2 is not None else ("lora_te_", "lora_te1_")
+    encoders = [(getattr(pipe, "text_encoder", None), first), (encoder_2, ("lora_te2_",))]
     for encoder, prefixes in encoders:
         if encoder is None:
             continue
@@ -556,6 +557,7 @@ _TE_LAYER = re.compile(r"(lora_te[12]?_)text_model_encoder_layers_(\d+)_")
 
 
 Use = tuple[LoraFile, float, float]
+_FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
 
 
 class LoraMerger:
@@ -603,7 +605,8 @@ class LoraMerger:
         if width is not None and width != self._family_width:
             from .architectures import ARCHITECTURES
 
-            labels = [spec.label for spec in ARCHITECTURES.values() if spec.cross_attention_width == width]
+            labels = [spec.label if spec.name.startswith("tiny") else _FAMILY_NAMES.get(spec.family, spec.label)
+                      for spec in ARCHITECTURES.values() if spec.cross_attention_width == width]
             hint = f" (made for {labels[0]}?)" if labels else f" (made for a model of width {width}?)"
         head = f'LoRA "{lora.name}" does not fit this checkpoint: '
         problems = []

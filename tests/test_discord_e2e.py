@@ -312,3 +312,23 @@ async def test_sdxl_checkpoint_with_a_composable_prompt_and_a_lora_refusal(tmp_p
         assert infotext.startswith(prompt + "\n") and "Model: xl," in infotext and "Seed: 9," in infotext
         fields = {field["name"]: field["value"] for field in message.embeds[0]["fields"]}
         assert fields["Tokens"] == str(env.app.engine.token_count(prompt, steps=3))
+
+
+async def test_a_lora_prompt_end_to_end(tmp_path):
+    from generation.lora_testing import write_tiny_lora
+    from generation.testing import build_tiny_pipeline, write_test_model
+
+    models = tmp_path / "models"
+    write_test_model(models / "checkpoints" / "tiny")
+    (models / "loras").mkdir()
+    write_tiny_lora(models / "loras" / "fluffy.safetensors", build_tiny_pipeline(), kind="locon", seed=4)
+    async with easel_on_fake_discord(models, tmp_path / "data") as env:
+        listed = await env.fake.invoke_command("loras", {}, user=env.alice, guild=env.guild, channel=env.channel)
+        assert "fluffy" in str((await listed.wait_for_original(lambda m: not m.loading)).embeds)
+        interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat <lora:fluffy:0.8>", "steps": 2},
+                                                    user=env.alice, guild=env.guild, channel=env.channel)
+        await interaction.wait_for_original(finished, timeout=60)
+        (job,) = await env.app.store.jobs.list_for_owner(env.alice.id)
+        (image,) = await env.app.store.images.list_for_job(job.id)
+        text = read_infotext(image.path.read_bytes())
+        assert 'Lora hashes: "fluffy: ' in text and text.startswith("a cat <lora:fluffy:0.8>")
