@@ -307,7 +307,7 @@ class Engine:
         loaded = self.cache.peek(name)
         return model_state(name, loaded.lora_set if loaded is not None else ())
 
-    def _merge_loras(self, loaded: LoadedCheckpoint, loras: tuple) -> None:
+    def merge_loras(self, loaded: LoadedCheckpoint, loras: tuple) -> None:
         """Merge the batch's LoRA set into the loaded weights (a no-op when it is merged already)."""
         from .lora_networks import LoraError, LoraMerger
 
@@ -350,7 +350,7 @@ class Engine:
             if len(items) > 1 and self.batch_key(item.request) != key:
                 raise ValueError("batch items must share one batch key")
         loaded = self.cache.get(info)
-        self._merge_loras(loaded, key[-1])
+        self.merge_loras(loaded, key[-1])
         pipe = loaded.pipeline_for(first.mode)
         used: dict[str, EmbeddingInfo] = {}
         for item in items:

@@ -540,8 +540,8 @@ def _encoder_depths(pipe) -> dict[str, int]:
     """Kohya prefix -> number of transformer layers of that text encoder."""
     depths = {}
     encoder_2 = getattr(pipe, "text_encoder_2", None)
-    for encoder, prefixes in ((getattr(pipe, "text_encoder", None), ("lora_te_", "lora_te1_")),
-                              (encoder_2, ("lora_te2_",))):
+    first = ("lora_te1_",) if encoder_2 is not None else ("lora_te_", "lora_te1_")
+    for encoder, prefixes in ((getattr(pipe, "text_encoder", None), first), (encoder_2, ("lora_te2_",))):
         layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
         if layers is not None:
             for prefix in prefixes:
@@ -569,7 +569,8 @@ class LoraMerger:
     def __init__(self, pipe, *, backup_device: str | torch.device = "cpu"):
         self._targets = lora_targets(pipe)
         self._depths = _encoder_depths(pipe)
-        self._family_width = getattr(getattr(getattr(pipe, "unet", None), "config", None), "cross_attention_dim", None)
+        unet_config = getattr(getattr(pipe, "unet", None), "config", None)
+        self._family_width = getattr(unet_config, "cross_attention_dim", None)
         self._backup_device = torch.device(backup_device)
         self._backups: dict[torch.nn.Module, torch.Tensor] = {}
         self._applied: tuple[Use, ...] = ()
