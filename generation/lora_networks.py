@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -367,36 +367,29 @@ def _load_state_dict(path: Path, allow_pickle: bool) -> tuple[dict[str, object],
     raise LoraError(f'LoRA "{path.stem}": LoRA files must end in .safetensors (or .pt/.ckpt where allowed)')
 
 
-def read_lora_file(path: Path, *, allow_pickle: bool = False) -> LoraFile:
-    """Parse a LoRA/LyCORIS file (kohya/A1111, LoCon, LoHa, LoKr, peft/diffusers) into memory.
-
-    `.safetensors` is read without running code; `.pt`/`.ckpt` only when `allow_pickle`, through
-    `torch.load(weights_only=True)`. Raises LoraError naming DoRA or the refused type, or the first
-    key that is not understood; a file without any layer is refused too."""
-    path = Path(path)
-    label = f'LoRA "{path.stem}"'
-    state, metadata = _load_state_dict(path, allow_pickle)
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    first_key: dict[tuple[str, str], str] = {}
+def lora_layers(stem: str, keys: Iterable[str]) -> tuple[dict[str, tuple[str, dict[str, str]]], list[str]]:
+    """From tensor names alone: each layer's kind and {part: key}, and the bundled embeddings'
+    names. Raises LoraError naming DoRA, a refused type, or the first key not understood, so a
+    folder scan can tell without reading any tensor what `read_lora_file` would refuse."""
+    label = f'LoRA "{stem}"'
+    groups: dict[str, dict[str, str]] = {}
     bundled: list[str] = []
-    for key, value in state.items():
+    for key in keys:
         if key.startswith("bundle_emb."):
             emb = key.split(".")[1] if key.count(".") >= 2 else key
             if emb not in bundled:
                 bundled.append(emb)
             continue
         split = _split_key(key)
-        if split is None or not isinstance(value, torch.Tensor):
+        if split is None:
             if key.startswith("oft_unet_"):  # kohya's OFT names
                 raise LoraError(f"{label} is an OFT network; easel applies {_SUPPORTED} only")
             raise LoraError(f"{label} has a key easel does not understand: {key}")
         name, part = split
-        groups.setdefault(name, {})[part] = value
-        first_key.setdefault((name, part), key)
-
+        groups.setdefault(name, {}).setdefault(part, key)
     if any(part in _DORA_PARTS for parts in groups.values() for part in parts):
         raise LoraError(f"{label} is a DoRA file; easel does not apply DoRA yet")
-    modules: dict[str, NetworkModule] = {}
+    layers: dict[str, tuple[str, dict[str, str]]] = {}
     for name, parts in groups.items():
         if {"lora_up.weight", "lora_down.weight"} <= parts.keys():
             kind, allowed = "lora", _LORA_PARTS
@@ -409,16 +402,34 @@ def read_lora_file(path: Path, *, allow_pickle: bool = False) -> LoraFile:
             for what, marks in _REFUSED_TYPES:
                 if marks & parts.keys():
                     raise LoraError(f"{label} is {what} network (layer {name}); easel applies {_SUPPORTED} only")
-            raise LoraError(f"{label} has a layer easel does not understand: {first_key[(name, next(iter(parts)))]}")
+            raise LoraError(f"{label} has a layer easel does not understand: {next(iter(parts.values()))}")
         unknown = [part for part in parts if part not in allowed]
         if unknown:
-            raise LoraError(f"{label} has a key easel does not understand: {first_key[(name, unknown[0])]}")
+            raise LoraError(f"{label} has a key easel does not understand: {parts[unknown[0]]}")
         if kind == "lokr" and "lokr_t2" in parts and not {"lokr_w2_a", "lokr_w2_b"} <= parts.keys():
-            raise LoraError(f"{label} has a key easel does not understand: {first_key[(name, 'lokr_t2')]}")
-        modules[name] = NetworkModule(name=name, kind=kind, tensors=MappingProxyType(parts))
-    if not modules:
+            raise LoraError(f"{label} has a key easel does not understand: {parts['lokr_t2']}")
+        layers[name] = (kind, parts)
+    if not layers:
         what = "only bundled embeddings" if bundled else "no LoRA layers"
         raise LoraError(f"{label} holds {what}")
+    return layers, bundled
+
+
+def read_lora_file(path: Path, *, allow_pickle: bool = False) -> LoraFile:
+    """Parse a LoRA/LyCORIS file (kohya/A1111, LoCon, LoHa, LoKr, peft/diffusers) into memory.
+
+    `.safetensors` is read without running code; `.pt`/`.ckpt` only when `allow_pickle`, through
+    `torch.load(weights_only=True)`. Raises LoraError naming DoRA or the refused type, or the first
+    key that is not understood; a file without any layer is refused too."""
+    path = Path(path)
+    state, metadata = _load_state_dict(path, allow_pickle)
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        bad = next(key for key, value in state.items() if not isinstance(value, torch.Tensor))
+        raise LoraError(f'LoRA "{path.stem}" has a key easel does not understand: {bad}')
+    layers, bundled = lora_layers(path.stem, state)
+    modules = {name: NetworkModule(name=name, kind=kind, tensors=MappingProxyType(
+                   {part: state[key] for part, key in parts.items()}))
+               for name, (kind, parts) in layers.items()}
     return LoraFile(path=path, modules=MappingProxyType(modules), metadata=MappingProxyType(metadata),
                     bundled_embeddings=tuple(bundled))
 

@@ -318,6 +318,17 @@ def _is_network_key(key: str) -> bool:
             or lowered.startswith(("lora_", "lycoris_")))
 
 
+def _refusal(name: str, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """What the merger would refuse in this file (DoRA, IA3, OFT, unknown keys), from its key names."""
+    from .lora_networks import LoraError, lora_layers
+
+    try:
+        lora_layers(name, shapes)
+    except LoraError as exc:
+        return "it " + str(exc).removeprefix(f'LoRA "{name}" ')  # "it is a DoRA file; ..."
+    return None
+
+
 def not_a_lora_reason(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """Why a file with these tensors is no LoRA (a checkpoint, an embedding, ...); None when it may be one."""
     if any(_is_network_key(key) for key in shapes):
@@ -395,6 +406,7 @@ def scan_loras(folder: Path, *, allow_pickle: bool, hash_cache: HashCache | None
             width = lora_width_from_shapes(shapes)
             if width is not None and expected_widths and width not in expected_widths:
                 reason = width_mismatch(width, expected_widths)
+            reason = reason or _refusal(name, shapes)
             found.append(LoraInfo(name=name, path=resolved, format=kind, hash=value,
                                   alias=alias if alias != name else None, width=width, skip_reason=reason))
         except (ModelLoadError, ModelNotFound) as exc:

@@ -168,3 +168,21 @@ async def test_the_queue_prefers_jobs_whose_lora_set_is_merged(lora_models, tmp_
     finally:
         executor.shutdown()
         await store.close()
+
+
+def test_a_file_the_merger_refuses_is_listed_as_skipped_and_refused_before_queueing(tmp_path, lora_models):
+    from safetensors.torch import save_file
+
+    root, _ = lora_models
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    save_file({"lora_unet_conv_in.lora_down.weight": torch.zeros(4, 4, 3, 3),
+               "lora_unet_conv_in.lora_up.weight": torch.zeros(32, 4, 1, 1),
+               "lora_unet_conv_in.dora_scale": torch.ones(1, 4, 1, 1)}, str(folder / "dora.safetensors"))
+    config = make_config(root, tmp_path / "data")
+    registry = ModelRegistry(checkpoints_dir=root / "checkpoints", embeddings_dir=root / "embeddings",
+                             loras_dir=folder, default_checkpoint="tiny")
+    registry.refresh()
+    assert "DoRA" in registry.lora("dora").skip_reason
+    with pytest.raises(InvalidRequest, match="LoRA 'dora' cannot be used: it is a DoRA file"):
+        Engine(config=config, registry=registry).check_request(tiny_request(prompt="a cat <lora:dora:1>"))
