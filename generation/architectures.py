@@ -216,31 +216,38 @@ def sd_clip_tokenizer(*, pad_token: str = CLIP_EOS) -> CLIPTokenizer:
 # Detection
 
 
-def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from a .safetensors header; the tensor data is never read."""
+def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """The header length and the parsed JSON header of a .safetensors file (no tensor data is read)."""
     path = Path(path)
     try:
         size = path.stat().st_size
         with path.open("rb") as file:
             prefix = file.read(8)
-            header_length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
-            if not 2 <= header_length <= min(size - 8, _MAX_HEADER_BYTES):
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+            if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
                 raise ModelLoadError(f"{path.name} is not a valid .safetensors file (bad header)")
-            raw = file.read(header_length)
+            raw = file.read(length)
     except FileNotFoundError:
         raise ModelNotFound(f"{path} does not exist") from None
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
     try:
         header = json.loads(raw)
-        shapes = {
-            name: tuple(int(dim) for dim in info["shape"])
-            for name, info in header.items()
-            if name != "__metadata__"
-        }
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
-        raise ModelLoadError(f"{path.name} is not a valid .safetensors file (unreadable header)") from None
-    return shapes
+    except (UnicodeDecodeError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path.name} is not a valid .safetensors file (unreadable header)")
+    return length, header
+
+
+def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a .safetensors header; the tensor data is never read."""
+    _, header = read_safetensors_header(path)
+    try:
+        return {name: tuple(int(dim) for dim in info["shape"]) for name, info in header.items()
+                if name != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ModelLoadError(f"{Path(path).name} is not a valid .safetensors file (unreadable header)") from None
 
 
 def _what_else_it_is(shapes: Mapping[str, tuple[int, ...]]) -> str:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .architectures import read_safetensors_header
 from .errors import ModelLoadError, ModelNotFound
 from .hashing import HashCache, sha256_file
 
@@ -45,7 +46,6 @@ SHORT_HASH_CHARS = 12
 ADDNET_CACHE_SUFFIX = "#addnet"
 
 _CHUNK = 1 << 20
-_MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own cap
 # Characters that end a name inside `<lora:NAME:weight>` (A1111's `<(\w+):([^>]+)>`, args split on `:`).
 _UNTYPABLE = re.compile(r"[:<>\x00-\x1f\x7f]")
 _HEX_HASH = re.compile(r"^[0-9a-fA-F]{12,128}$")
@@ -86,30 +86,6 @@ class LoraInfo:
 # --------------------------------------------------------------------------------------- headers
 
 
-def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    """The header length and the parsed JSON header of a .safetensors file (no tensor data is read)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            prefix = file.read(8)
-            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
-            if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
-                raise ModelLoadError(f"{path.name} is not a valid .safetensors file (bad header)")
-            raw = file.read(length)
-    except FileNotFoundError:
-        raise ModelNotFound(f"{path} does not exist") from None
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        header = None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path.name} is not a valid .safetensors file (unreadable header)")
-    return length, header
-
-
 def _header_shapes(path: Path, header: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     try:
         return {name: tuple(int(dim) for dim in info["shape"])
@@ -130,7 +106,7 @@ def read_lora_metadata(path: Path) -> dict[str, str]:
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         return {}
-    return _header_metadata(_read_header(path)[1])
+    return _header_metadata(read_safetensors_header(path)[1])
 
 
 def read_lora_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -138,7 +114,7 @@ def read_lora_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     `weights_only` unpickling (call only for pickles the operator allowed)."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        return _header_shapes(path, _read_header(path)[1])
+        return _header_shapes(path, read_safetensors_header(path)[1])
     import torch
 
     try:
@@ -393,7 +369,7 @@ def scan_loras(folder: Path, *, allow_pickle: bool, hash_cache: HashCache | None
                 continue
             claimed.add(name)
             if suffix == ".safetensors":
-                _, header = _read_header(resolved)
+                _, header = read_safetensors_header(resolved)
                 metadata, shapes = _header_metadata(header), _header_shapes(resolved, header)
             else:
                 metadata, shapes = {}, read_lora_shapes(resolved)

@@ -42,6 +42,15 @@ async def owner_only(interaction: discord.Interaction) -> bool:
     return True
 
 
+async def download(interaction: discord.Interaction, file: discord.Attachment) -> bytes:
+    """Acknowledge (a download may take longer than Discord waits), then fetch the attachment."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    try:
+        return await file.read()
+    except discord.HTTPException:
+        raise EaselError("could not download the file; try uploading it again") from None
+
+
 def build_owner_cog(app: AppContext) -> commands.Cog:
     async def reply(interaction: discord.Interaction, text: str) -> None:
         if interaction.response.is_done():
@@ -77,12 +86,7 @@ def build_owner_cog(app: AppContext) -> commands.Cog:
         async def embedding_add(self, interaction: discord.Interaction, file: discord.Attachment):
             embedding_trigger(file.filename)  # refuse before downloading anything
             check_upload_size(file.size)
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            try:
-                data = await file.read()
-            except discord.HTTPException:
-                raise EaselError("could not download the file; try uploading it again") from None
-            added = await add_embedding(app, filename=file.filename, data=data)
+            added = await add_embedding(app, filename=file.filename, data=await download(interaction, file))
             vectors = plural(added.vectors, "vector")
             await reply(interaction, f"Added embedding **{escape(added.trigger)}** ({vectors}). "
                                      f"Write `{added.trigger}` in a prompt to use it.")
@@ -93,12 +97,7 @@ def build_owner_cog(app: AppContext) -> commands.Cog:
         async def lora_add(self, interaction: discord.Interaction, file: discord.Attachment):
             lora_name(file.filename)  # refuse before downloading anything
             check_lora_size(file.size)
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            try:
-                data = await file.read()
-            except discord.HTTPException:
-                raise EaselError("could not download the file; try uploading it again") from None
-            added = await add_lora(app, filename=file.filename, data=data)
+            added = await add_lora(app, filename=file.filename, data=await download(interaction, file))
             alias = f", alias {escape(clip(added.alias, 100))}" if added.alias else ""
             await reply(interaction, clip(f"Added LoRA **{escape(added.name)}** ({added.family}, hash "
                                           f"`{added.short_hash}`{alias}). Write `<lora:{added.name}:1>` in a prompt "
