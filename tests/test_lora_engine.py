@@ -28,7 +28,9 @@ def lora_models(tmp_path_factory):
     write_test_model(root / "checkpoints" / "xl", architecture="tiny-sdxl")
     sd1 = build_tiny_pipeline(architecture="tiny-sd1")
     (root / "loras").mkdir()
+    xl = build_tiny_pipeline(architecture="tiny-sdxl")
     files = {
+        "xl-style": write_tiny_lora(root / "loras" / "xl-style.safetensors", xl, kind="lokr", seed=5),
         "x": write_tiny_lora(root / "loras" / "x.safetensors", sd1, kind="lora", seed=1),
         "y": write_tiny_lora(root / "loras" / "y.safetensors", sd1, kind="loha", seed=2),
         "aliased": write_tiny_lora(root / "loras" / "file-name.safetensors", sd1, kind="lora", seed=3,
@@ -85,6 +87,14 @@ def test_a_lora_prompt_gives_the_hand_merged_image(lora_models, lora_engine):
     assert np.abs(image_array(easel.image) - image_array(expected)).max() <= 1
     plain = generate(lora_engine, "a red cat")
     assert np.abs(image_array(easel.image) - image_array(plain.image)).max() > 10  # the LoRA did something
+
+
+def test_an_sdxl_lora_on_the_sdxl_checkpoint(lora_engine):
+    plain = image_array(generate(lora_engine, "a red cat", checkpoint="xl").image)
+    styled = generate(lora_engine, "a red cat <lora:xl-style:0.8>", checkpoint="xl")
+    assert np.abs(image_array(styled.image) - plain).max() > 10 and "xl-style: " in styled.infotext
+    with pytest.raises(InvalidRequest, match="LoRA 'xl-style' was made for"):
+        lora_engine.check_request(tiny_request(prompt="a cat <lora:xl-style:1>"))  # on the SD 1.x checkpoint
 
 
 def test_weight_zero_switching_and_restoring_are_exact(lora_engine):
