@@ -34,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--architecture", choices=("tiny-sd1", "tiny-sdxl"), default="tiny-sd1")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="flush denormal floats to zero on the CPU, for both sides (tells value-dependent CPU "
+                             "costs of the random tiny weights from LoRA costs)")
     args = parser.parse_args(argv)
 
     prepare_environment(threads=args.threads)
+    if args.flush_denormal:
+        import torch
+
+        torch.set_flush_denormal(True)
     machine = cpu_note()
     from generation.engine import Engine
     from generation.lora_testing import write_tiny_lora
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[label, f"{median(values) * 1000:.1f}", f"{median(values) / plain:.3f}"] for label, values in times.items()]
     switch = median(switches)
     print(f"LoRA cost: {args.architecture}, {args.size}x{args.size}, Euler a, {args.steps} steps; {args.runs} runs each, "
-          f"interleaved ({machine})")
+          f"interleaved{', denormals flushed' if args.flush_denormal else ''} ({machine})")
     print_table(["job", "median ms", "ratio to plain"], rows)
     print(f"switching LoRA sets (restore + merge, files in memory): median {switch * 1000:.1f} ms = "
           f"{switch / plain:.3f} of a plain {args.steps}-step job")
