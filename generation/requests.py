@@ -12,6 +12,10 @@ from .errors import EaselError, InvalidRequest
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint")
+# A1111's "Masked content" choices, in A1111's order (its API sends the index as `inpainting_fill`).
+MASKED_CONTENT: tuple[str, ...] = ("fill", "original", "latent noise", "latent nothing")
+MAX_MASK_BLUR = 64
+MAX_ONLY_MASKED_PADDING = 256
 
 RANDOM_SEED = -1
 MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 4294967294)
@@ -35,6 +39,14 @@ class GenerationRequest:
     mask: str | None = None  # path; white = repaint (inpaint)
     strength: float = 0.75
     clip_skip: int = 1
+    # Inpainting, as A1111's inpaint tab: blur of the mask's edge in pixels; repaint the unmasked part
+    # instead; what the masked part starts from; work on a crop around the mask ("Only masked") with
+    # this many pixels of context around it.
+    mask_blur: int = 4
+    mask_invert: bool = False
+    masked_content: str = "original"
+    only_masked: bool = False
+    only_masked_padding: int = 32
 
     def seeds(self) -> list[int]:
         """Seed of each image: image i uses seed + i, so it can be reproduced alone."""
@@ -123,6 +135,14 @@ def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[s
         problems.append("an init image needs mode img2img or inpaint")
     if request.mode == "inpaint" and not request.mask:
         problems.append("inpaint needs a mask image")
+    if not _is_int(request.mask_blur) or not 0 <= request.mask_blur <= MAX_MASK_BLUR:
+        problems.append(f"mask blur must be from 0 to {MAX_MASK_BLUR}")
+    if request.masked_content not in MASKED_CONTENT:
+        problems.append(f"masked content must be one of {', '.join(MASKED_CONTENT)}")
+    if not isinstance(request.mask_invert, bool) or not isinstance(request.only_masked, bool):
+        problems.append("mask invert and only masked must be true or false")
+    if not _is_int(request.only_masked_padding) or not 0 <= request.only_masked_padding <= MAX_ONLY_MASKED_PADDING:
+        problems.append(f"the only-masked padding must be from 0 to {MAX_ONLY_MASKED_PADDING} pixels")
     if request.mask and request.mode != "inpaint":
         problems.append("a mask needs mode inpaint")
     return problems
