@@ -85,6 +85,10 @@ class DefaultsConfig:
     negative_prompt: str = ""
     strength: float = 0.75
     clip_skip: int = 1
+    # Inpainting, as A1111's defaults.
+    mask_blur: int = 4
+    masked_content: str = "original"
+    only_masked_padding: int = 32
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,13 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append(f"[defaults] count must be within 1-{lim.max_count}")
     if not 0.0 <= dflt.strength <= 1.0:
         problems.append("[defaults] strength must be within 0-1")
+    from .requests import MASKED_CONTENT, MAX_MASK_BLUR, MAX_ONLY_MASKED_PADDING
+
+    if not 0 <= dflt.mask_blur <= MAX_MASK_BLUR or not 0 <= dflt.only_masked_padding <= MAX_ONLY_MASKED_PADDING:
+        problems.append(f"[defaults] mask_blur must be within 0-{MAX_MASK_BLUR} and only_masked_padding "
+                        f"within 0-{MAX_ONLY_MASKED_PADDING}")
+    if dflt.masked_content not in MASKED_CONTENT:
+        problems.append(f"[defaults] masked_content must be one of {', '.join(MASKED_CONTENT)}")
     if not 1 <= dflt.clip_skip <= lim.max_clip_skip:
         problems.append("[defaults] clip_skip must be within 1-[limits] max_clip_skip")
     if lim.max_prompt_chunks < 1:

@@ -34,3 +34,19 @@ def load_user_image(path: Path, *, max_pixels: int) -> Image.Image:
     except OSError:
         raise ImageError(f"cannot read image {path.name}") from None
     return open_user_image(data, max_pixels=max_pixels)
+
+
+def mask_from_alpha(path: Path, *, max_pixels: int) -> bytes | None:
+    """A mask (PNG, white = repaint) from an image's transparency, as phone editors export an erased
+    area; None when the image has no transparent pixel. Transparent means alpha <= 128, the
+    threshold A1111 uses to binarise masks."""
+    image = load_user_image(path, max_pixels=max_pixels)
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    mask = alpha.point(lambda value: 255 if value <= 128 else 0)
+    if mask.getbbox() is None:
+        return None
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()

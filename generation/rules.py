@@ -22,7 +22,9 @@ MEMBER_SETTINGS: dict[str, type] = {"sampler": str, "schedule": str, "steps": in
 GUILD_LIMITS: dict[str, type] = {"max_steps": int, "max_width": int, "max_height": int, "max_count": int,
                                  "max_queued_per_member": int, "max_queued": int}
 RESOLVED_OPTIONS = ("negative_prompt", "sampler", "schedule", "steps", "cfg_scale", "width", "height", "count",
-                    "strength", "clip_skip")
+                    "strength", "clip_skip", "mask_blur", "masked_content", "only_masked_padding")
+# Options with no default in config.toml: a member chooses them or they stay as GenerationRequest has them.
+CHOSEN_ONLY = ("mask_invert", "only_masked")
 # Request field -> the server limit that caps it.
 CAPPED_BY_GUILD = {"steps": "max_steps", "width": "max_width", "height": "max_height", "count": "max_count"}
 
@@ -54,6 +56,7 @@ def resolve_options(given: Mapping[str, Any], *, member: Mapping[str, Any], guil
             resolved[name] = _clamped(name, resolved[name], guild, limits)
     if given.get("sampler") is not None and given.get("schedule") is None:
         resolved["schedule"] = "Automatic"  # a typed sampler ("DPM++ 2M Karras") carries its own schedule
+    resolved.update({name: given[name] for name in CHOSEN_ONLY if given.get(name) is not None})
     return resolved
 
 

@@ -33,7 +33,8 @@ from typing import Any
 
 from .config import Config
 from .engine import CheckedRequest, Engine
-from .errors import InvalidRequest, ModelNotFound
+from .errors import ImageError, InvalidRequest, ModelNotFound
+from .images import mask_from_alpha
 from .moderation import ModerationPolicy, WordList, load_nsfw_words
 from .registry import ModelRegistry
 from .requests import RANDOM_SEED, GenerationRequest, default_size, length_problems
@@ -63,6 +64,11 @@ class Ask:
     count: int | None = None
     strength: float | None = None
     clip_skip: int | None = None
+    mask_blur: int | None = None
+    mask_invert: bool | None = None
+    masked_content: str | None = None
+    only_masked: bool | None = None
+    only_masked_padding: int | None = None
     init_image: ImageInput | str | None = None
     mask: ImageInput | str | None = None
 
@@ -174,6 +180,8 @@ class Submissions:
                                   limits=self.config.limits, size=size)
         placeholder = {key: None if value is None else PENDING_UPLOAD
                        for key, value in (("init_image", ask.init_image), ("mask", ask.mask))}
+        if ask.mode == "inpaint" and ask.init_image is not None and ask.mask is None:
+            placeholder["mask"] = PENDING_UPLOAD  # from the image's transparency, once it is downloaded
         return GenerationRequest(prompt=ask.prompt, mode=ask.mode, checkpoint=checkpoint,
                                  seed=RANDOM_SEED if ask.seed is None else ask.seed, **placeholder, **options)
 
@@ -203,6 +211,15 @@ class Submissions:
             if new:
                 created.append(path)
             paths[field] = str(path)
+        if request.mode == "inpaint" and ask.mask is None and "init_image" in paths:
+            png = await asyncio.to_thread(mask_from_alpha, Path(paths["init_image"]), max_pixels=self.uploads.max_pixels)
+            if png is None:
+                raise ImageError("inpainting needs a mask: attach one (white = repaint), or an image whose "
+                                 "transparent part is what to repaint")
+            path, new = await self.uploads.keep_png(png, owner_id=owner_id)
+            if new:
+                created.append(path)
+            paths["mask"] = str(path)
         return dataclasses.replace(request, **paths) if paths else request
 
 

@@ -98,6 +98,11 @@ class UploadStore:
         """Download, check and keep one upload; (its path, whether this call created the file)."""
         data = await read_checked(image, max_pixels=self.max_pixels, what=what)
         png = await asyncio.to_thread(_as_png, data, self.max_pixels, what)
+        return await self.keep_png(png, owner_id=owner_id)
+
+    async def keep_png(self, png: bytes, *, owner_id: int) -> tuple[Path, bool]:
+        """Keep a PNG made for the member (already checked or made by the bot) as their upload,
+        under the same quota; (its path, whether this call created the file)."""
         now = datetime.now(timezone.utc)
         if self._pruned_at is None or now - self._pruned_at > PRUNE_EVERY:
             await self.prune(now)

@@ -384,3 +384,18 @@ async def test_uploads_expire_after_their_retention_unless_a_job_needs_them(make
     later = datetime.now(timezone.utc) + timedelta(days=2)
     assert await uploads.prune(later) == 1
     assert not unused.exists() and os.path.exists(kept.request["init_image"])  # the queued job still needs it
+
+
+async def test_an_inpaint_mask_may_come_from_the_images_transparency(make_env):
+    env = await make_env()
+    image = Image.new("RGBA", (64, 64), (200, 30, 30, 255))
+    image.paste((0, 0, 0, 0), (32, 0, 64, 64))  # the right half erased
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    record = await env.submit(mode="inpaint", init_image=FakeUpload(buffer.getvalue()))
+    mask = Image.open(record.request["mask"])
+    assert mask.getpixel((10, 10)) == 0 and mask.getpixel((50, 10)) == 255
+    assert record.request["mask"].startswith(str(env.config.uploads_dir / "1"))
+    with pytest.raises(ImageError, match="inpainting needs a mask"):
+        await env.submit(mode="inpaint", init_image=FakeUpload(png(colour=(5, 5, 5))))
+    assert len(list(env.config.uploads_dir.rglob("*.png"))) == 2  # the refused image was not kept

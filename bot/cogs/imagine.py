@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from generation.errors import EaselError
-from generation.requests import MAX_SEED
+from generation.requests import MASKED_CONTENT, MAX_MASK_BLUR, MAX_ONLY_MASKED_PADDING, MAX_SEED
 from generation.rules import disabled_checkpoints
 from generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from generation.submission import Ask
@@ -37,8 +37,15 @@ async def checkpoint_autocomplete(interaction: discord.Interaction, current: str
             if r.name not in hidden and current in r.name.lower()][:25]
 
 
-OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale"}  # command option -> request field
-NOT_FIELDS = ("self", "interaction", "image", "mask", "app")  # app: locals() has the closure too
+MASK_MODE_CHOICES = [app_commands.Choice(name="Inpaint masked", value="masked"),
+                     app_commands.Choice(name="Inpaint not masked", value="not masked")]
+MASKED_CONTENT_CHOICES = [app_commands.Choice(name=name, value=name) for name in MASKED_CONTENT]
+AREA_CHOICES = [app_commands.Choice(name="Whole picture", value="whole picture"),
+                app_commands.Choice(name="Only masked", value="only masked")]
+
+OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale", "padding": "only_masked_padding"}
+# Not request fields (app: locals() holds the closure too; the two choices map to booleans).
+NOT_FIELDS = ("self", "interaction", "image", "mask", "app", "mask_mode", "area")
 
 
 def options_to_fields(options: dict) -> dict:
@@ -68,6 +75,8 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
     Strength = app_commands.Range[float, 0.0, 1.0]
     Prompt = app_commands.Range[str, 1, min(limits.max_prompt_chars, MAX_OPTION_CHARS)]
     Negative = app_commands.Range[str, 0, min(limits.max_prompt_chars, MAX_OPTION_CHARS)]
+    MaskBlur = app_commands.Range[int, 0, MAX_MASK_BLUR]
+    Padding = app_commands.Range[int, 0, MAX_ONLY_MASKED_PADDING]
 
     common = dict(prompt="What to draw (A1111 syntax: (word:1.3), [from:to:step], BREAK)",
                   negative="What to avoid", checkpoint="Model (default: the server's)",
@@ -103,18 +112,32 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
             await submit_from_interaction(app, interaction, ask)
 
         @app_commands.command(name="inpaint", description="Repaint the white part of a mask")
-        @app_commands.describe(image="The image to change", mask="White where to repaint, black to keep",
-                               strength="How much to change the masked part, 0-1", **common)
-        @app_commands.choices(sampler=SAMPLER_CHOICES, schedule=SCHEDULE_CHOICES)
+        @app_commands.describe(image="The image to change; its transparent part is repainted when no mask is given",
+                               mask="White where to repaint, black to keep",
+                               strength="How much to change the masked part, 0-1",
+                               mask_blur="Blur of the mask's edge in pixels (A1111's default: 4)",
+                               mask_mode="Repaint the masked part, or everything else",
+                               masked_content="What the masked part starts from",
+                               area="Whole picture, or only the masked part at full size (for small details)",
+                               padding="Only masked: pixels of context around the mask", **common)
+        @app_commands.choices(sampler=SAMPLER_CHOICES, schedule=SCHEDULE_CHOICES, mask_mode=MASK_MODE_CHOICES,
+                              masked_content=MASKED_CONTENT_CHOICES, area=AREA_CHOICES)
         @app_commands.autocomplete(checkpoint=checkpoint_autocomplete)
-        async def inpaint(self, interaction: discord.Interaction, image: discord.Attachment,
-                          mask: discord.Attachment, prompt: Prompt, strength: Optional[Strength] = None,
+        async def inpaint(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt,
+                          mask: Optional[discord.Attachment] = None, strength: Optional[Strength] = None,
+                          mask_blur: Optional[MaskBlur] = None, mask_mode: Optional[str] = None,
+                          masked_content: Optional[str] = None, area: Optional[str] = None,
+                          padding: Optional[Padding] = None,
                           negative: Optional[Negative] = None, checkpoint: Optional[str] = None,
                           sampler: Optional[str] = None, schedule: Optional[str] = None,
                           steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None):
-            ask = Ask(mode="inpaint", init_image=DiscordImage(image), mask=DiscordImage(mask), **options_to_fields(locals()))
+            fields = options_to_fields(locals())
+            fields["mask_invert"] = None if mask_mode is None else mask_mode == "not masked"
+            fields["only_masked"] = None if area is None else area == "only masked"
+            ask = Ask(mode="inpaint", init_image=DiscordImage(image), mask=DiscordImage(mask) if mask else None,
+                      **fields)
             await submit_from_interaction(app, interaction, ask)
 
     return Imagine()
