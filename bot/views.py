@@ -40,10 +40,11 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:job:
     label = ""
     emoji = ""
     style = discord.ButtonStyle.secondary
+    layout_row = 0  # the action row of result_view (Discord: at most 5 rows of at most 5 buttons)
 
     def __init__(self, job_id: int):
-        super().__init__(discord.ui.Button(label=self.label, emoji=self.emoji, style=self.style,
-                                           custom_id=f"easel:job:{job_id}:{self.action}"))
+        super().__init__(discord.ui.Button(label=self.label or None, emoji=self.emoji or None, style=self.style,
+                                           custom_id=f"easel:job:{job_id}:{self.action}"), row=self.layout_row)
         self.job_id = job_id
 
     @classmethod
@@ -104,12 +105,63 @@ class DeleteButton(JobButton, template=r"easel:job:(?P<job_id>\d+):delete"):
         await interaction.message.delete()
 
 
+class OutpaintButton(JobButton,
+                     template=r"easel:job:(?P<job_id>\d+):(?P<action>zoomout(?:15|2)|pan(?:left|right|up|down))"):
+    """Zoom out or pan the job's first image, as the clicker's own job (a new random seed, as Reroll),
+    through the one submission path: the clicker's limits, caps and moderation apply. A refusal is
+    ephemeral; the new job's progress and result replace the "thinking" reply."""
+
+    direction: str | None = None
+    zoom: float | None = None
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        app = _app(interaction)
+        try:
+            plan = await actions.plan_outpaint(app, self.job_id, requester_of(interaction),
+                                               direction=self.direction, zoom=self.zoom)
+        except EaselError as exc:
+            await send_error(interaction, exc)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            await actions.finish_outpaint(app, plan)
+        except EaselError as exc:
+            await send_error(interaction, exc)
+
+
+class ZoomOut15Button(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):zoomout15"):
+    action, label, emoji, zoom, layout_row = "zoomout15", "Zoom out 1.5x", "🔍", 1.5, 1
+
+
+class ZoomOut2Button(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):zoomout2"):
+    action, label, emoji, zoom, layout_row = "zoomout2", "Zoom out 2x", "🔍", 2.0, 1
+
+
+class PanLeftButton(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):panleft"):
+    action, emoji, direction, layout_row = "panleft", "⬅️", "left", 2
+
+
+class PanRightButton(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):panright"):
+    action, emoji, direction, layout_row = "panright", "➡️", "right", 2
+
+
+class PanUpButton(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):panup"):
+    action, emoji, direction, layout_row = "panup", "⬆️", "up", 2
+
+
+class PanDownButton(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):pandown"):
+    action, emoji, direction, layout_row = "pandown", "⬇️", "down", 2
+
+
+OUTPAINT_BUTTONS = (ZoomOut15Button, ZoomOut2Button, PanLeftButton, PanRightButton, PanUpButton, PanDownButton)
+
+
 def result_view(job_id: int) -> discord.ui.View:
+    """Row 0: Reroll, Info, Delete. Row 1: Zoom out 1.5x, 2x. Row 2: pan left, right, up, down."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job_id))
-    view.add_item(InfoButton(job_id))
-    view.add_item(DeleteButton(job_id))
+    for button in (RerollButton, InfoButton, DeleteButton, *OUTPAINT_BUTTONS):
+        view.add_item(button(job_id))
     return view
 
 
-DYNAMIC_ITEMS = (RerollButton, InfoButton, DeleteButton)
+DYNAMIC_ITEMS = (RerollButton, InfoButton, DeleteButton, *OUTPAINT_BUTTONS)

@@ -16,7 +16,7 @@ def make_test_model(target: Path, *, architecture: str = "tiny-sd1") -> int:
     from generation.testing import write_test_model
 
     paths = write_test_model(target, architecture=architecture)
-    print(f"wrote {paths.folder} (diffusers folder) and {paths.single_file} (single file)")
+    print(f"wrote {paths.folder} (diffusers folder) and {paths.single_file} (single file), {architecture}")
     return 0
 
 

@@ -46,9 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     _add_generate(sub)
     sub.add_parser("models", help="list checkpoints and embeddings with hashes and skip reasons")
-    p = sub.add_parser("make-test-model", help="write a tiny offline SD-1.x model (random weights) for tests and demos")
+    p = sub.add_parser("make-test-model",
+                       help="write a tiny offline SD-1.x model (random weights) for tests and demos")
     p.add_argument("target", type=Path, help="folder to write; DIR.safetensors is written beside it")
     p.add_argument("--sdxl", action="store_true", help="a tiny SDXL model instead (two text encoders)")
+    p.add_argument("--inpaint", action="store_true",
+                   help="a dedicated inpainting model (9-channel UNet: latents + mask + masked image)")
     p = sub.add_parser("info", help="print the generation parameters stored in a PNG/JPEG/WEBP")
     p.add_argument("image", type=Path)
     return parser
@@ -77,7 +80,8 @@ def _dispatch(args) -> int:
     quiet_libraries()
 
     if args.command == "make-test-model":
-        return commands.make_test_model(args.target, architecture="tiny-sdxl" if args.sdxl else "tiny-sd1")
+        architecture = ("tiny-sdxl" if args.sdxl else "tiny-sd1") + ("-inpaint" if args.inpaint else "")
+        return commands.make_test_model(args.target, architecture=architecture)
     if args.command == "info":
         return commands.info(args.image)
     from generation.config import load_config

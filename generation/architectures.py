@@ -59,31 +59,51 @@ class Architecture:
     unet_base_channels: int
     # Pad token of each tokenizer component of the pipeline.
     pad_tokens: tuple[tuple[str, str], ...]
-    # False where files of another architecture look the same; then only an explicit choice selects it.
+    # Whether detection picks it from the text encoders' widths. False where files of another
+    # architecture look the same (sd2-base: only an explicit choice or a .yaml selects it) and for the
+    # inpainting variants, which detection reaches through their base and the UNet's input channels.
     detectable: bool = True
     # The square size the model was trained at: the default image size for it (None: the config's).
     native_size: int | None = None
+    # 4: latents only. 9: a dedicated inpainting UNet (4 latent + 1 mask + 4 masked-image latent channels).
+    unet_in_channels: int = 4
 
     def pad_token(self, component: str) -> str:
         return dict(self.pad_tokens)[component]
 
+    @property
+    def inpainting(self) -> bool:
+        """A dedicated inpainting model: its UNet also reads the mask and the masked image."""
+        return self.unet_in_channels == INPAINTING_UNET_CHANNELS
+
+
+INPAINTING_UNET_CHANNELS = 9
+INPAINTING_SUFFIX = "-inpaint"
+
 
 def _sd(
     name: str, label: str, family: str, text_width: int, base: int, pad: str, *, detectable: bool = True,
-    native_size: int | None = None,
+    native_size: int | None = None, inpainting: bool = False,
 ) -> Architecture:
     return Architecture(
-        name=name, label=label, family=family, pipeline_class_name="StableDiffusionPipeline",
+        name=name, label=label, family=family,
+        pipeline_class_name="StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
         text_widths=(text_width,), cross_attention_width=text_width, unet_base_channels=base,
-        pad_tokens=(("tokenizer", pad),), detectable=detectable, native_size=native_size,
+        pad_tokens=(("tokenizer", pad),), detectable=detectable and not inpainting, native_size=native_size,
+        unet_in_channels=INPAINTING_UNET_CHANNELS if inpainting else 4,
     )
 
 
-def _sdxl(name: str, label: str, clip_l: int, clip_g: int, base: int, *, native_size: int | None = None) -> Architecture:
+def _sdxl(
+    name: str, label: str, clip_l: int, clip_g: int, base: int, *, native_size: int | None = None,
+    inpainting: bool = False,
+) -> Architecture:
     return Architecture(
-        name=name, label=label, family="sdxl", pipeline_class_name="StableDiffusionXLPipeline",
+        name=name, label=label, family="sdxl",
+        pipeline_class_name="StableDiffusionXLInpaintPipeline" if inpainting else "StableDiffusionXLPipeline",
         text_widths=(clip_l, clip_g), cross_attention_width=clip_l + clip_g, unet_base_channels=base,
         pad_tokens=(("tokenizer", CLIP_EOS), ("tokenizer_2", OPEN_CLIP_PAD)), native_size=native_size,
+        detectable=not inpainting, unet_in_channels=INPAINTING_UNET_CHANNELS if inpainting else 4,
     )
 
 
@@ -99,6 +119,15 @@ ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType({
     # Random-weight models with the real layouts but tiny widths, for tests and offline demos.
     "tiny-sd1": _sd("tiny-sd1", "tiny SD 1.x test model", "sd1", 32, 32, CLIP_EOS),
     "tiny-sdxl": _sdxl("tiny-sdxl", "tiny SDXL test model", 32, 64, 32),
+    # Dedicated inpainting models (runwayml's SD 1.5 inpainting, diffusers' SDXL inpainting 0.1): the
+    # base layout with a 9-channel UNet input. After the bases, so width -> label lookups find the base.
+    "sd1-inpaint": _sd("sd1-inpaint", "Stable Diffusion 1.x inpainting", "sd1", 768, 320, CLIP_EOS, native_size=512,
+                       inpainting=True),
+    "sdxl-inpaint": _sdxl("sdxl-inpaint", "Stable Diffusion XL inpainting", 768, 1280, 320, native_size=1024,
+                          inpainting=True),
+    "tiny-sd1-inpaint": _sd("tiny-sd1-inpaint", "tiny SD 1.x inpainting test model", "sd1", 32, 32, CLIP_EOS,
+                            inpainting=True),
+    "tiny-sdxl-inpaint": _sdxl("tiny-sdxl-inpaint", "tiny SDXL inpainting test model", 32, 64, 32, inpainting=True),
 })
 
 # Keys that identify each part of an LDM-layout checkpoint.
@@ -140,8 +169,16 @@ def pipeline_class(architecture_name: str) -> type[DiffusionPipeline]:
 
 
 def family(architecture_name: str) -> str:
-    """The family the engine branches on: "sd1", "sd2" or "sdxl" (tiny models report the one they imitate)."""
+    """The family the engine branches on: "sd1", "sd2" or "sdxl" (tiny models report the one they imitate,
+    inpainting models the one they were made from)."""
     return architecture(architecture_name).family
+
+
+def inpainting_variant(architecture_name: str) -> str | None:
+    """The dedicated inpainting architecture of a base one ("sd1" -> "sd1-inpaint"), None where we have none."""
+    name = architecture(architecture_name).name
+    variant = ARCHITECTURES.get(name + INPAINTING_SUFFIX)
+    return variant.name if variant is not None and variant.inpainting else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,15 +307,19 @@ def _width(shapes: Mapping[str, tuple[int, ...]], key: str) -> int | None:
     return shape[-1] if shape else None
 
 
+_FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
 def detect_architecture_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
     """Architecture name of an LDM-layout state dict, from its tensor names and shapes only."""
     unet_in = shapes.get(UNET_CONV_IN)
     if unet_in is None or len(unet_in) != 4:
         raise ModelLoadError(f"not a Stable Diffusion checkpoint (no UNet weights): {_what_else_it_is(shapes)}")
-    if unet_in[1] != 4:
-        kind = {9: "an inpainting", 8: "an instruct-pix2pix"}.get(unet_in[1], f"a {unet_in[1]}-channel")
+    if unet_in[1] not in (4, INPAINTING_UNET_CHANNELS):
+        kind = {8: "an instruct-pix2pix"}.get(unet_in[1], f"a {unet_in[1]}-channel")
         raise ModelLoadError(
-            f"this is {kind} checkpoint; only normal txt2img checkpoints (4 input channels) are supported"
+            f"this is {kind} checkpoint; only normal checkpoints (4 UNet input channels) and inpainting "
+            f"checkpoints (9) are supported"
         )
 
     if SDXL_CLIP_G_TOKEN_EMBEDDING in shapes:
@@ -305,6 +346,16 @@ def detect_architecture_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> st
     )
     if name is None:
         raise ModelLoadError(f"unknown checkpoint architecture: {found}")
+    if unet_in[1] == INPAINTING_UNET_CHANNELS:
+        # Same layout as its base model but for the UNet's first convolution (mask + masked image).
+        variant = inpainting_variant(name)
+        if variant is None:
+            family_name = _FAMILY_NAMES.get(ARCHITECTURES[name].family, ARCHITECTURES[name].label)
+            raise ModelLoadError(
+                f"this is an {family_name} inpainting checkpoint; only SD 1.x and SDXL inpainting checkpoints "
+                f"are supported"
+            )
+        name = variant
 
     spec = ARCHITECTURES[name]
     if unet_in[0] != spec.unet_base_channels:

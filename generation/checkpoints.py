@@ -31,6 +31,14 @@ class CheckpointInfo:
     def short_hash(self) -> str | None:
         return short_hash(self.sha256) if self.sha256 else None
 
+    @property
+    def inpainting(self) -> bool:
+        """A dedicated inpainting checkpoint (9-channel UNet: latents + mask + masked image)."""
+        from .architectures import ARCHITECTURES
+
+        spec = ARCHITECTURES.get(self.architecture)
+        return spec is not None and spec.inpainting
+
 
 @dataclass(frozen=True)
 class SkippedFile:
@@ -40,7 +48,8 @@ class SkippedFile:
 
 def folder_architecture(folder: Path) -> str:
     """Architecture of a diffusers folder from its configs (no weights are read): the pipeline
-    class, the text encoders' widths and, for SD 2.x, the scheduler's prediction type."""
+    class, the text encoders' widths, the UNet's input channels (9: an inpainting model) and, for
+    SD 2.x, the scheduler's prediction type."""
     from .architectures import ARCHITECTURES
 
     def config(part: str) -> dict:
@@ -52,12 +61,15 @@ def folder_architecture(folder: Path) -> str:
     xl = "XL" in str(config("model_index.json").get("_class_name", ""))
     widths = tuple(width for width in (config(f"{part}/config.json").get("hidden_size")
                                        for part in ("text_encoder", "text_encoder_2")) if width)
+    in_channels = config("unet/config.json").get("in_channels", 4)
     found = [spec.name for spec in ARCHITECTURES.values()
-             if spec.text_widths == widths and (spec.family == "sdxl") == xl]
+             if spec.text_widths == widths and (spec.family == "sdxl") == xl and spec.unet_in_channels == in_channels]
     if {"sd2", "sd2-base"} <= set(found):  # a folder, unlike a single file, says what it predicts
         v_prediction = config("scheduler/scheduler_config.json").get("prediction_type") == "v_prediction"
         return "sd2" if v_prediction else "sd2-base"
-    return found[0] if len(found) == 1 else ("sdxl" if xl else "unknown")
+    if len(found) == 1:
+        return found[0]
+    return {4: "sdxl", 9: "sdxl-inpaint"}.get(in_channels, "unknown") if xl else "unknown"
 
 
 _V_PARAMETERIZATION = re.compile(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", re.MULTILINE)

@@ -5,6 +5,7 @@ Only the executor's worker thread touches a loaded pipeline, so the cache needs 
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections import OrderedDict
@@ -43,10 +44,79 @@ class DeviceSpec:
         return cls(device=wanted, dtype=torch.float16 if wanted in ("cuda", "mps") else torch.float32)
 
 
+# A1111's "Inpainting conditioning mask strength" (opts.inpainting_mask_weight): 1 hides the whole
+# image from an inpainting model's img2img, 0 shows it all.
+DEFAULT_INPAINTING_MASK_WEIGHT = 1.0
+
+
+@functools.cache
+def full_mask_pipeline_class(inpaint_class: type) -> type:
+    """txt2img and img2img on a dedicated inpainting checkpoint, as A1111 runs them.
+
+    A 9-channel UNet always reads a mask and a masked image beside the latents. A1111 gives it a
+    mask that covers everything (processing.py `txt2img_image_conditioning`, and
+    `img2img_image_conditioning` without a mask) and as the masked image, in [-1, 1]:
+    txt2img: zeros (all mid-grey); img2img: lerp(image, image * (1 - mask), inpainting_mask_weight),
+    which is image * (1 - weight) for a full mask. The subclass of `inpaint_class` this returns takes
+    the txt2img / img2img arguments (no mask) and runs the inpaint pipeline with exactly that: a
+    white mask, and the masked image diffusers derives from it (image * (mask < 0.5) = zeros) or,
+    for another weight, image * (1 - weight) given as `masked_image_latents` (diffusers encodes a
+    3-channel one with the VAE, as A1111 encodes its conditioning image).
+    """
+
+    class FullMaskPipeline(inpaint_class):
+        def __call__(self, *args, image=None, strength: float = 1.0, width: int | None = None,
+                     height: int | None = None, inpainting_mask_weight: float = DEFAULT_INPAINTING_MASK_WEIGHT,
+                     **kwargs):
+            from PIL import Image
+
+            if "mask_image" in kwargs or "masked_image_latents" in kwargs:
+                raise TypeError("a full-mask pipeline makes its own mask; use the inpaint pipeline for a mask")
+            if not 0.0 <= inpainting_mask_weight <= 1.0:
+                raise ValueError(f"inpainting_mask_weight must be from 0 to 1, not {inpainting_mask_weight}")
+            generator = kwargs.get("generator")
+            count = len(generator) if isinstance(generator, list) else 1
+            default = self.unet.config.sample_size * self.vae_scale_factor
+            if image is None:  # txt2img: nothing of an image to keep
+                if strength != 1.0:
+                    raise ValueError("txt2img on an inpainting checkpoint runs at strength 1")
+                width, height = width or default, height or default
+                # Fully masked, so its pixels never count: the masked image is all zeros in [-1, 1].
+                # One per generator, so each image's VAE sample comes from its own generator.
+                image = [Image.new("RGB", (width, height), (127, 127, 127))] * count
+            else:
+                first = image[0] if isinstance(image, (list, tuple)) else image
+                if isinstance(first, Image.Image):  # img2img pipelines take the size from the image
+                    width, height = width or first.width, height or first.height
+                width, height = width or default, height or default
+            masked_image = None
+            if inpainting_mask_weight != 1.0:
+                pixels = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
+                masked_image = pixels * (1.0 - inpainting_mask_weight)
+            return super().__call__(
+                *args, image=image, mask_image=Image.new("L", (width, height), 255),
+                masked_image_latents=masked_image, strength=strength, width=width, height=height, **kwargs,
+            )
+
+    FullMaskPipeline.__name__ = FullMaskPipeline.__qualname__ = inpaint_class.__name__.replace(
+        "InpaintPipeline", "FullMaskInpaintPipeline")
+    return FullMaskPipeline
+
+
+def _with_same_modules(pipeline_class: type, base):
+    """A `pipeline_class` around `base`'s very modules and options (no copy, no cast, no reload)."""
+    expected, optional = pipeline_class._get_signature_keys(pipeline_class)
+    kwargs = {name: component for name, component in base.components.items() if name in expected}
+    kwargs.update({name: base.config[name] for name in optional if name in base.config})
+    pipe = pipeline_class(**kwargs)
+    pipe.set_progress_bar_config(**getattr(base, "_progress_bar_config", {}))
+    return pipe
+
+
 @dataclass
 class LoadedCheckpoint:
     info: CheckpointInfo
-    base: object  # the text-to-image pipeline
+    base: object  # the pipeline it loads as: text-to-image, or inpaint for an inpainting checkpoint
     architecture: str
     scheduler_config: dict = field(default_factory=dict)  # as loaded: each run builds its sampler from this
     embeddings: set[str] = field(default_factory=set)  # triggers already loaded into the shared text encoder
@@ -55,7 +125,16 @@ class LoadedCheckpoint:
     _derived: dict[str, object] = field(default_factory=dict)
 
     def pipeline_for(self, mode: Mode):
-        """img2img and inpaint reuse the already-loaded modules (from_pipe: no copy, no reload)."""
+        """img2img and inpaint reuse the already-loaded modules (from_pipe: no copy, no reload).
+
+        An inpainting checkpoint loads as its inpaint pipeline; txt2img and img2img run on the same
+        modules with a full mask, as in A1111 (`full_mask_pipeline_class`)."""
+        if self.inpainting:
+            if mode == "inpaint":
+                return self.base
+            if "full-mask" not in self._derived:
+                self._derived["full-mask"] = _with_same_modules(full_mask_pipeline_class(type(self.base)), self.base)
+            return self._derived["full-mask"]
         if mode == "txt2img":
             return self.base
         if mode not in self._derived:
@@ -70,6 +149,13 @@ class LoadedCheckpoint:
         from .architectures import family
 
         return family(self.architecture) == "sdxl"
+
+    @property
+    def inpainting(self) -> bool:
+        """A dedicated inpainting checkpoint: `base` is its inpaint pipeline (9-channel UNet)."""
+        from .architectures import architecture
+
+        return architecture(self.architecture).inpainting
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoint:
@@ -108,6 +194,9 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoin
     architecture = info.architecture
     if architecture == "unknown":
         architecture = "sdxl" if "XL" in type(pipe).__name__ else "sd1"
+        unet = getattr(pipe, "unet", None)
+        if getattr(getattr(unet, "config", None), "in_channels", 4) == 9:
+            architecture += "-inpaint"
     return LoadedCheckpoint(info=info, base=pipe, architecture=architecture, scheduler_config=dict(pipe.scheduler.config))
 
 

@@ -1,4 +1,5 @@
-"""Offline fixtures: tiny random-weight SD-1.x / SDXL pipelines and their single-file (A1111/LDM) twins.
+"""Offline fixtures: tiny random-weight SD-1.x / SDXL pipelines (plain and inpainting) and their
+single-file (A1111/LDM) twins.
 
 No real weights can be downloaded where tests run, so tests and offline demos use models with the real
 layouts (same blocks, real tokenizer, real scheduler, VAE scale factor 8) but tiny widths, built
@@ -29,7 +30,7 @@ __all__ = [
     "write_test_model",
 ]
 
-TINY_ARCHITECTURES = ("tiny-sd1", "tiny-sdxl")
+TINY_ARCHITECTURES = ("tiny-sd1", "tiny-sdxl", "tiny-sd1-inpaint", "tiny-sdxl-inpaint")
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ def build_tiny_pipeline(seed: int = 0, *, architecture: str = "tiny-sd1") -> Dif
     """A tiny pipeline with random weights; the same seed gives the same weights, always.
 
     "tiny-sd1" is a StableDiffusionPipeline, "tiny-sdxl" a StableDiffusionXLPipeline (two text
-    encoders, size conditioning). Configs come from `generation/configs/<architecture>/`, the folder
-    that also lets the single-file form load offline. The global RNG is left untouched.
+    encoders, size conditioning); "tiny-sd1-inpaint" and "tiny-sdxl-inpaint" are their dedicated
+    inpainting twins (Inpaint pipelines, a 9-channel UNet input: latents + mask + masked image).
+    Configs come from `generation/configs/<architecture>/`, the folder that also lets the
+    single-file form load offline. The global RNG is left untouched.
     """
     import torch
     import transformers

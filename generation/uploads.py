@@ -101,15 +101,24 @@ class UploadStore:
         return await self.keep_png(png, owner_id=owner_id)
 
     async def keep_png(self, png: bytes, *, owner_id: int) -> tuple[Path, bool]:
-        """Keep a PNG made for the member (already checked or made by the bot) as their upload,
-        under the same quota; (its path, whether this call created the file)."""
+        """Keep a PNG made for the member (already checked, or made by the bot) as their upload;
+        (its path, whether this call created the file)."""
+        return (await self.keep_pngs([png], owner_id=owner_id))[0]
+
+    async def keep_pngs(self, pngs: list[bytes], *, owner_id: int) -> list[tuple[Path, bool]]:
+        """Keep PNGs made for a member (an outpaint's canvas and mask) as that member's uploads,
+        under the quota and retention of `save`. Room is made for all of them first, so keeping
+        the second never deletes the first. (path, whether this call created the file) each."""
         now = datetime.now(timezone.utc)
         if self._pruned_at is None or now - self._pruned_at > PRUNE_EVERY:
             await self.prune(now)
-        await self._make_room(owner_id)
-        path, created = await asyncio.to_thread(_write_new, self.folder / str(owner_id), png)
-        await self._store.uploads.add(owner_id, str(path), len(png))
-        return path, created
+        await self._make_room(owner_id, len(pngs))
+        kept = []
+        for png in pngs:
+            path, created = await asyncio.to_thread(_write_new, self.folder / str(owner_id), png)
+            await self._store.uploads.add(owner_id, str(path), len(png))
+            kept.append((path, created))
+        return kept
 
     async def discard(self, path: Path) -> None:
         """Remove an upload that no job ended up using."""
@@ -125,10 +134,10 @@ class UploadStore:
             raise ImageError(f"the {what} of that job is no longer kept; upload it again with a new command")
         return resolved
 
-    async def _make_room(self, owner_id: int) -> None:
-        """The member's oldest unused uploads go when the quota is reached."""
+    async def _make_room(self, owner_id: int, count: int) -> None:
+        """The member's oldest unused uploads go, so that `count` more fit in the quota."""
         files, _ = await self._store.uploads.usage(owner_id)
-        excess = files - self.retention.max_uploads_per_member + 1
+        excess = files - self.retention.max_uploads_per_member + count
         if excess <= 0:
             return
         oldest = await self._store.uploads.oldest(owner_id, excess)

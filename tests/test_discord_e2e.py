@@ -46,8 +46,10 @@ async def test_imagine_from_defer_to_final_png_with_throttled_previews(models_di
         infotext = read_infotext(pngs[0].data)
         assert infotext.startswith("a (red:1.2) cat\n") and "Seed: 42," in infotext
         assert message.embeds and message.embeds[0]["title"] == "a (red:1.2) cat"
-        custom_ids = [c["custom_id"] for row in message.components for c in row["components"]]
-        assert custom_ids == ["easel:job:1:reroll", "easel:job:1:info", "easel:job:1:delete"]
+        rows = [[c["custom_id"] for c in row["components"]] for row in message.components]
+        assert rows[0] == ["easel:job:1:reroll", "easel:job:1:info", "easel:job:1:delete"]
+        assert rows[1:] == [["easel:job:1:zoomout15", "easel:job:1:zoomout2"],
+                            ["easel:job:1:panleft", "easel:job:1:panright", "easel:job:1:panup", "easel:job:1:pandown"]]
         await env.fake.wait_for(lambda: "🔁" in env.fake.message(message.id).reactions)
         # progress: edits at most ~1 per interval, previews shown as an attachment along the way
         edits = message.edits
