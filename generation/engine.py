@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Hashable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,6 +30,7 @@ from .embeddings import EmbeddingInfo, ensure_loaded, triggers_in
 from .errors import Canceled, InvalidRequest
 from .images import load_user_image
 from .infotext import format_infotext
+from .inpainting import InpaintJob, finish_inpaint, latent_mask, prepare_inpaint
 from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
 from .previews import latents_to_preview
 from .prompt_parser import (BREAK, LORA_TYPES, extra_network_tags, lora_tags, parse_attention, prompt_parts,
@@ -351,7 +353,7 @@ class Engine:
                 raise ValueError("batch items must share one batch key")
         loaded = self.cache.get(info)
         self.merge_loras(loaded, key[-1])
-        pipe = loaded.pipeline_for(first.mode)
+        pipe = _pipeline_for(loaded, first.mode)
         used: dict[str, EmbeddingInfo] = {}
         for item in items:
             for embedding in self.embeddings_used(item.request):
@@ -359,6 +361,94 @@ class Engine:
         ensure_loaded(loaded.base, used.values(), loaded.embeddings)
         return _BatchRun(engine=self, loaded=loaded, pipe=pipe, items=list(items), used=used,
                          on_progress=on_progress).run()
+
+
+def _unet_channels(pipe) -> int:
+    return int(pipe.unet.config.in_channels)
+
+
+def _pipeline_for(loaded: LoadedCheckpoint, mode: str):
+    """The pipeline a batch runs on. Inpainting with a regular (4-channel) checkpoint runs on the
+    img2img pipeline, with A1111's latent mask blended in after every step by `_LatentBlend`, so
+    the initial latents are A1111's at any strength; a 9-channel inpainting checkpoint runs on its
+    inpaint pipeline (which reads the mask and the masked picture), blended the same way."""
+    if mode == "inpaint" and _unet_channels(loaded.base) == 4:
+        return loaded.pipeline_for("img2img")
+    return loaded.pipeline_for(mode)
+
+
+class _LatentBlend:
+    """A1111's inpainting blend in latent space, for the images of one batch.
+
+    A1111 keeps the unmasked latents with its `mask` (1 - the latent mask) and `nmask`: the
+    initial latents are init + noise there, and after the last step `init * mask + samples *
+    nmask`. Between steps A1111's k-diffusion samplers blend the denoised prediction with init;
+    here, as diffusers' own inpaint pipeline does for 4-channel UNets, the latents after each
+    step are blended with init noised to the next step's level (with the image's own noise), which
+    is the same for first-order deterministic samplers (Euler, DDIM) and differs elsewhere only
+    in the kept area the UNet sees. `init` already carries "latent noise" / "latent nothing".
+    """
+
+    def __init__(self, *, init: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor):
+        self.init = init
+        self.noise = noise
+        self.keep = keep  # [B, 1, h, w]: 1 = keep the init latents (A1111's `mask`)
+        self.paint = 1.0 - keep  # A1111's `nmask`
+        self._noise_checked = False
+
+    def watch(self, scheduler) -> None:
+        """Check that the pipeline noises its initial latents with this batch's noise (each image's
+        first draw from its own seed): the blend re-noises the kept area with it."""
+        original = scheduler.add_noise
+
+        def add_noise(original_samples, noise, timesteps):
+            if not self._noise_checked:
+                self._noise_checked = True
+                if noise.shape != self.noise.shape or not torch.equal(noise, self.noise):
+                    raise RuntimeError("the pipeline drew other initial noise than inpainting blends with")
+            return original(original_samples, noise, timesteps)
+
+        scheduler.add_noise = add_noise
+
+    def after_step(self, pipe, step_index: int, latents: torch.Tensor) -> torch.Tensor:
+        scheduler = pipe.scheduler
+        steps = pipe.num_timesteps  # this run's timesteps (strength applied)
+        init = self.init
+        if step_index < steps - 1:
+            upcoming = scheduler.timesteps[len(scheduler.timesteps) - steps + step_index + 1]
+            init = scheduler.add_noise(self.init, self.noise, torch.tensor([upcoming]))
+        return init * self.keep + latents * self.paint
+
+
+def _vae_encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of [-1, 1] pixels [1, 3, H, W]: the VAE posterior's mean (A1111 samples it with
+    its unseeded global RNG; the mean is that without the noise), scaled as the pipelines scale.
+    An SDXL VAE that overflows in float16 is run in float32, as diffusers' XL pipelines do."""
+    vae = pipe.vae
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and hasattr(pipe, "text_encoder_2")
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        encoded = vae.encode(pixels.to(vae.device, torch.float32 if upcast else dtype))
+    finally:
+        if upcast:
+            vae.to(dtype=dtype)
+    dist = getattr(encoded, "latent_dist", None)
+    latents = (dist.mode() if dist is not None else encoded.latents).to(torch.float32)
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        return (latents - mean) * config.scaling_factor / std
+    return latents * config.scaling_factor
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB picture as [1, 3, H, W] in [-1, 1] (A1111: uint8 / 255, then * 2 - 1)."""
+    array = np.array(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
 class _LoraFiles:
@@ -399,6 +489,8 @@ class _BatchRun:
         self.owner = [index for index, item in enumerate(items) for _ in range(item.request.count)]
         self.every = engine.config.previews.every_n_steps
         self.guidance = None  # ComposableGuidance while a composable batch runs
+        self.inpaint_jobs: list[InpaintJob] | None = None  # per item, in inpaint mode
+        self.blend: _LatentBlend | None = None  # in inpaint mode
 
     def run(self) -> dict[Hashable, list[GeneratedImage] | None]:
         from .batch_conditioning import BatchConditioning
@@ -429,18 +521,81 @@ class _BatchRun:
             kwargs["callback_on_step_end_tensor_inputs"].append("add_text_embeds")
         if request.mode == "txt2img":
             kwargs.update(width=request.width, height=request.height)
-        else:
+        elif request.mode == "img2img":
             limit = self.engine.config.limits.max_pixels * 4
             kwargs["image"] = [load_user_image(Path(self.items[i].request.init_image), max_pixels=limit)
                                .convert("RGB").resize((request.width, request.height), Image.LANCZOS) for i in self.owner]
             kwargs["strength"] = float(request.strength)
-            if request.mode == "inpaint":
-                kwargs.update(width=request.width, height=request.height)
-                kwargs["mask_image"] = [load_user_image(Path(self.items[i].request.mask), max_pixels=limit)
-                                        .convert("L").resize((request.width, request.height), Image.LANCZOS) for i in self.owner]
+        else:
+            with torch.inference_mode():
+                kwargs.update(self._inpaint_inputs(device))
+            self.blend.watch(pipe.scheduler)
         with torch.inference_mode(), self._guidance_attached():
             output = pipe(**kwargs)
-        return self._split(output.images)
+        images = output.images
+        if self.inpaint_jobs is not None:
+            images = [finish_inpaint(self.inpaint_jobs[owner], image) for owner, image in zip(self.owner, images)]
+        return self._split(images)
+
+    def _inpaint_inputs(self, device: DeviceSpec) -> dict:
+        """A1111's inpaint init for every image of the batch (`inpainting.prepare_inpaint` per job),
+        as pipeline arguments: the initial latents of each image (VAE latents of its prepared
+        picture; for "latent noise" its own seeded noise in the masked latents, as A1111 uses the
+        image's first noise there; for "latent nothing" zeros), and for a 9-channel checkpoint the
+        mask and the masked picture's latents. Sets up the per-step blend (`_LatentBlend`)."""
+        request, pipe = self.request, self.pipe
+        limit = self.engine.config.limits.max_pixels * 4
+        jobs = []
+        for item in self.items:
+            asked = item.request
+            jobs.append(prepare_inpaint(
+                load_user_image(Path(asked.init_image), max_pixels=limit),
+                load_user_image(Path(asked.mask), max_pixels=limit),
+                width=request.width, height=request.height, mask_blur=asked.mask_blur,
+                mask_invert=asked.mask_invert, masked_content=asked.masked_content,
+                only_masked=asked.only_masked, only_masked_padding=asked.only_masked_padding))
+        self.inpaint_jobs = jobs
+        scale = pipe.vae_scale_factor
+        latent_w, latent_h = request.width // scale, request.height // scale
+        target = dict(device=device.device, dtype=device.dtype)
+        nine_channels = _unet_channels(pipe) == 9
+        encoded, paint_masks, masked_latents = [], [], []
+        for job in jobs:
+            pixels = _pixels(job.image)
+            encoded.append(_vae_encode(pipe, pixels).to(**target))
+            if job.image_mask is None:  # "Only masked" on a blank mask: A1111 runs img2img, unmasked
+                paint = torch.ones(1, 1, latent_h, latent_w)
+            else:
+                paint = torch.from_numpy(latent_mask(job.image_mask, latent_w, latent_h))[None, None]
+            paint_masks.append(paint.to(**target))
+            if nine_channels:  # A1111's inpainting conditioning: the picture where the rounded mask is 0
+                mask = (np.ones((request.height, request.width), dtype=np.float32) if job.image_mask is None
+                        else np.array(job.image_mask.convert("L"), dtype=np.float32) / 255.0)
+                keep_pixels = 1.0 - torch.from_numpy(np.round(mask))[None, None]
+                masked_latents.append(_vae_encode(pipe, pixels * keep_pixels).to(**target))
+        from diffusers.utils.torch_utils import randn_tensor
+
+        init, noise, keep = [], [], []
+        for owner, seed in zip(self.owner, self.seeds):
+            latents, paint = encoded[owner], paint_masks[owner]
+            # The pipeline's own noise for this image: the first draw of its generator.
+            drawn = randn_tensor(tuple(latents.shape), generator=torch.Generator("cpu").manual_seed(seed), **target)
+            content = self.items[owner].request.masked_content
+            if jobs[owner].image_mask is not None and content == "latent noise":
+                latents = latents * (1.0 - paint) + drawn * paint
+            elif jobs[owner].image_mask is not None and content == "latent nothing":
+                latents = latents * (1.0 - paint)
+            init.append(latents)
+            noise.append(drawn)
+            keep.append(1.0 - paint)
+        self.blend = _LatentBlend(init=torch.cat(init), noise=torch.cat(noise), keep=torch.cat(keep))
+        kwargs = dict(image=self.blend.init, strength=float(request.strength))
+        if nine_channels:
+            white = Image.new("L", (request.width, request.height), 255)
+            kwargs.update(width=request.width, height=request.height,
+                          mask_image=[jobs[owner].image_mask or white for owner in self.owner],
+                          masked_image_latents=torch.cat([masked_latents[owner] for owner in self.owner]))
+        return kwargs
 
     def _guidance_attached(self):
         if not self.conditioning.is_composable:
@@ -455,8 +610,11 @@ class _BatchRun:
             raise Canceled(self.items[0].cancel.reason)  # stops at once, before the VAE decode
         done = step_index + 1
         total = getattr(pipe, "num_timesteps", None) or self.request.steps
+        blended = {}
+        if self.blend is not None and tensors.get("latents") is not None:
+            blended["latents"] = self.blend.after_step(pipe, step_index, tensors["latents"])
         if self.on_progress is not None:
-            latents = tensors.get("latents")
+            latents = blended.get("latents", tensors.get("latents"))
             want_preview = latents is not None and (done % self.every == 0 and done < total)
             for index, item in enumerate(self.items):
                 if item.cancel.canceled:
@@ -471,12 +629,12 @@ class _BatchRun:
                     log.exception("progress callback failed")
         if self.guidance is not None:
             self.guidance.step_index = step_index + 1
-        return self.conditioning.replacements_after(step_index, tensors)
+        return {**self.conditioning.replacements_after(step_index, tensors), **blended}
 
     def _split(self, images: list[Image.Image]) -> dict[Hashable, list[GeneratedImage] | None]:
         results: dict[Hashable, list[GeneratedImage] | None] = {}
         position = 0
-        for item in self.items:
+        for index, item in enumerate(self.items):
             request = item.request
             chunk = images[position:position + request.count]
             position += request.count
@@ -485,6 +643,9 @@ class _BatchRun:
                 continue
             ti_hashes = {e.trigger: e.ti_hash for e in self.engine.embeddings_used(request)}
             lora_hashes = self.engine.lora_hashes(request)
+            # A1111 writes the inpaint keys in init, before the LoRA hashes of the batch's networks.
+            extra = list(self.inpaint_jobs[index].extra) if self.inpaint_jobs is not None else []
+            extra += [("Lora hashes", lora_hashes)] if lora_hashes else []
             info = self.loaded.info
             results[item.key] = [
                 GeneratedImage(index=i, seed=request.seed + i, image=image, infotext=format_infotext(
@@ -494,7 +655,7 @@ class _BatchRun:
                     model_hash=info.short_hash, model=info.name,
                     denoising_strength=request.strength if request.mode != "txt2img" else None,
                     clip_skip=request.clip_skip, ti_hashes=ti_hashes or None, version=f"easel {__version__}",
-                    extra=[("Lora hashes", lora_hashes)] if lora_hashes else (),
+                    extra=extra,
                 ))
                 for i, image in enumerate(chunk)
             ]

@@ -350,7 +350,10 @@ def to_request_fields(info: Infotext) -> dict:
 
     Always present: prompt, negative_prompt, clip_skip (1 when absent, as A1111 assumes),
     extra (unmapped keys, in order) and warnings. Other fields appear only when present and
-    valid; a value that does not parse is left out and described in "warnings".
+    valid; a value that does not parse is left out and described in "warnings". A1111's inpaint
+    keys map to the request's names: Mask blur -> mask_blur, Mask mode -> mask_invert, Masked
+    content -> masked_content, Inpaint area -> only_masked, Masked area padding ->
+    only_masked_padding (A1111 writes each only when it is not the plain case).
     """
     fields: dict = {
         "prompt": info.prompt,
@@ -385,6 +388,15 @@ def to_request_fields(info: Infotext) -> dict:
     }
     integer_fields = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip"}
     decimal_fields = {"CFG scale": "cfg_scale", "Denoising strength": "denoising_strength"}
+    # A1111's inpaint keys (processing.py init), each written only when it differs from the plain
+    # case, read as A1111's paste reads them (infotext_utils: the img2img tab's fields).
+    integer_inpaint_fields = {"Mask blur": "mask_blur", "Masked area padding": "only_masked_padding"}
+    choice_inpaint_fields = {
+        "Mask mode": ("mask_invert", {"Inpaint masked": False, "Inpaint not masked": True}),
+        "Masked content": ("masked_content", {name: name for name in
+                                              ("fill", "original", "latent noise", "latent nothing")}),
+        "Inpaint area": ("only_masked", {"Whole picture": False, "Only masked": True}),
+    }
 
     for key, value in info.as_dict().items():
         raw = value.strip()
@@ -396,6 +408,15 @@ def to_request_fields(info: Infotext) -> dict:
         elif key in decimal_fields:
             if (number := decimal(key, raw)) is not None:
                 fields[decimal_fields[key]] = number
+        elif key in integer_inpaint_fields:
+            if (number := integer(key, raw)) is not None:
+                fields[integer_inpaint_fields[key]] = number
+        elif key in choice_inpaint_fields:
+            name, choices = choice_inpaint_fields[key]
+            if raw in choices:
+                fields[name] = choices[raw]
+            else:
+                warnings.append(f"{key}: {_shorten(raw)!r} is not one of {', '.join(choices)}, ignored")
         elif key == "Size":
             if len(raw) > 2 * _MAX_INTEGER_CHARS + 1:
                 warnings.append(f"Size: {_shorten(raw)!r} is too long, ignored")

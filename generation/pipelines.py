@@ -49,6 +49,32 @@ class DeviceSpec:
 DEFAULT_INPAINTING_MASK_WEIGHT = 1.0
 
 
+def encode_image_mean(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of [-1, 1] pixels [B, 3, H, W]: the VAE posterior's mean (A1111 samples it with its
+    unseeded global RNG; the mean is that without the noise), scaled as the pipelines scale. An SDXL
+    VAE that overflows in float16 runs in float32, as diffusers' XL pipelines do."""
+    vae = pipe.vae
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and hasattr(pipe, "text_encoder_2")
+    with torch.no_grad():
+        if upcast:
+            vae.to(dtype=torch.float32)
+        try:
+            encoded = vae.encode(pixels.to(vae.device, torch.float32 if upcast else dtype))
+        finally:
+            if upcast:
+                vae.to(dtype=dtype)
+    dist = getattr(encoded, "latent_dist", None)
+    latents = (dist.mode() if dist is not None else encoded.latents).to(torch.float32)
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        return (latents - mean) * config.scaling_factor / std
+    return latents * config.scaling_factor
+
+
 @functools.cache
 def full_mask_pipeline_class(inpaint_class: type) -> type:
     """txt2img and img2img on a dedicated inpainting checkpoint, as A1111 runs them.
@@ -59,9 +85,9 @@ def full_mask_pipeline_class(inpaint_class: type) -> type:
     txt2img: zeros (all mid-grey); img2img: lerp(image, image * (1 - mask), inpainting_mask_weight),
     which is image * (1 - weight) for a full mask. The subclass of `inpaint_class` this returns takes
     the txt2img / img2img arguments (no mask) and runs the inpaint pipeline with exactly that: a
-    white mask, and the masked image diffusers derives from it (image * (mask < 0.5) = zeros) or,
-    for another weight, image * (1 - weight) given as `masked_image_latents` (diffusers encodes a
-    3-channel one with the VAE, as A1111 encodes its conditioning image).
+    white mask and the masked image's latents (`encode_image_mean`, as the engine's inpainting
+    conditioning). Everything else is the inpaint pipeline's own: at strength 1 pure noise (as
+    txt2img), below it the init image's latents noised (as img2img).
     """
 
     class FullMaskPipeline(inpaint_class):
@@ -74,28 +100,24 @@ def full_mask_pipeline_class(inpaint_class: type) -> type:
                 raise TypeError("a full-mask pipeline makes its own mask; use the inpaint pipeline for a mask")
             if not 0.0 <= inpainting_mask_weight <= 1.0:
                 raise ValueError(f"inpainting_mask_weight must be from 0 to 1, not {inpainting_mask_weight}")
-            generator = kwargs.get("generator")
-            count = len(generator) if isinstance(generator, list) else 1
             default = self.unet.config.sample_size * self.vae_scale_factor
-            if image is None:  # txt2img: nothing of an image to keep
+            if image is None:  # txt2img
                 if strength != 1.0:
                     raise ValueError("txt2img on an inpainting checkpoint runs at strength 1")
                 width, height = width or default, height or default
-                # Fully masked, so its pixels never count: the masked image is all zeros in [-1, 1].
-                # One per generator, so each image's VAE sample comes from its own generator.
-                image = [Image.new("RGB", (width, height), (127, 127, 127))] * count
-            else:
+                image = Image.new("RGB", (width, height), (127, 127, 127))  # never seen: fully masked
+                masked = torch.zeros(1, 3, height, width)
+            else:  # img2img
                 first = image[0] if isinstance(image, (list, tuple)) else image
                 if isinstance(first, Image.Image):  # img2img pipelines take the size from the image
                     width, height = width or first.width, height or first.height
                 width, height = width or default, height or default
-            masked_image = None
-            if inpainting_mask_weight != 1.0:
                 pixels = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
-                masked_image = pixels * (1.0 - inpainting_mask_weight)
+                masked = pixels.contiguous() * (1.0 - inpainting_mask_weight)
             return super().__call__(
                 *args, image=image, mask_image=Image.new("L", (width, height), 255),
-                masked_image_latents=masked_image, strength=strength, width=width, height=height, **kwargs,
+                masked_image_latents=encode_image_mean(self, masked), strength=strength, width=width,
+                height=height, **kwargs,
             )
 
     FullMaskPipeline.__name__ = FullMaskPipeline.__qualname__ = inpaint_class.__name__.replace(
@@ -153,9 +175,10 @@ class LoadedCheckpoint:
     @property
     def inpainting(self) -> bool:
         """A dedicated inpainting checkpoint: `base` is its inpaint pipeline (9-channel UNet)."""
-        from .architectures import architecture
+        from .architectures import ARCHITECTURES
 
-        return architecture(self.architecture).inpainting
+        spec = ARCHITECTURES.get(self.architecture)
+        return spec is not None and spec.inpainting
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoint:

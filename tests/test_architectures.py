@@ -141,7 +141,7 @@ def test_detection_reads_only_the_header(tmp_path):
         ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}, r"LoRA"),
         ({"encoder.conv_in.weight": (128, 3, 3, 3), "decoder.conv_out.weight": (3, 128, 3, 3)}, r"VAE"),
         ({"emb_params": (2, 768)}, r"textual inversion embedding"),
-        ({**SD1, CONV_IN: (320, 9, 1, 1)}, r"inpainting checkpoint"),
+        ({**SD2, CONV_IN: (320, 9, 1, 1)}, r"SD 2\.x inpainting checkpoint"),
         ({CONV_IN: (320, 4, 1, 1), "conditioner.embedders.0.model.token_embedding.weight": (1, 1280)}, r"SDXL refiner"),
         ({**SD1, "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (1, 512)},
          r"unknown checkpoint architecture: a CLIP text encoder of width 512"),

@@ -271,10 +271,13 @@ def test_txt2img_conditioning_is_a1111s(architecture):
     assert unet[0].shape == (1, 9, 8, 8)
     assert all(torch.equal(step[:, 4:5], torch.ones(1, 1, 8, 8)) for step in unet)
     assert len(vae) == 1 and vae[0].shape == (1, 3, 64, 64) and not vae[0].any()  # only the masked image
-    # Exactly the inpaint pipeline with a white mask, whatever the image under it, at strength 1.
+    with torch.no_grad():
+        zeros = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode() * pipe.vae.config.scaling_factor
+    assert all(torch.equal(step[:, 5:], zeros) for step in unet)
+    # Exactly the inpaint pipeline with a white mask over any image and those masked latents, at strength 1.
     red = Image.new("RGB", (64, 64), (220, 20, 20))
     same, _ = _inputs(pipe, lambda: pipe(**common, image=red, mask_image=Image.new("L", (64, 64), 255), strength=1.0,
-                                         generator=[torch.Generator().manual_seed(5)]))
+                                         masked_image_latents=zeros, generator=[torch.Generator().manual_seed(5)]))
     assert all(torch.equal(a, b) for a, b in zip(unet, same, strict=True))
     with pytest.raises(ValueError, match="strength 1"):
         full(**common, strength=0.5)
@@ -289,16 +292,16 @@ def test_img2img_conditioning_mask_weight_is_a1111s():
         unet, vae = _inputs(full, lambda: full(prompt="a cat", image=[image], strength=0.5, num_inference_steps=4,
                                                guidance_scale=1.0, generator=[torch.Generator().manual_seed(5)],
                                                **options))
-        assert len(unet) == 2 and all(torch.equal(step[:, 4:5], torch.ones(1, 1, 8, 8)) for step in unet)
-        assert len(vae) == 2  # the init image (strength < 1), then the masked image
+        assert unet and all(torch.equal(step[:, 4:5], torch.ones(1, 1, 8, 8)) for step in unet)
+        assert len(vae) == 2  # the masked image, then the init image (strength < 1)
         return unet[0][:, 5:], vae
 
     hidden, vae = run(red)  # weight 1, A1111's default: nothing of the image shows
-    assert torch.equal(vae[0], full.image_processor.preprocess(red, height=64, width=64)) and not vae[1].any()
+    assert torch.equal(vae[1], full.image_processor.preprocess(red, height=64, width=64)) and not vae[0].any()
     assert torch.equal(hidden, run(blue)[0]) and torch.equal(hidden, run(red, inpainting_mask_weight=1.0)[0])
     for weight in (0.0, 0.25):
         latents, vae = run(red, inpainting_mask_weight=weight)
-        torch.testing.assert_close(vae[1], vae[0] * (1 - weight))
+        torch.testing.assert_close(vae[0], vae[1] * (1 - weight))
         assert not torch.equal(latents, hidden)
     assert not torch.equal(run(red, inpainting_mask_weight=0.0)[0], run(blue, inpainting_mask_weight=0.0)[0])
     with pytest.raises(ValueError, match="inpainting_mask_weight"):
@@ -358,15 +361,22 @@ def _inpaint(checkpoint: str, images: dict[str, str], **changes):
 
 @pytest.mark.parametrize("name", ["inpaint", "xl-inpaint"])
 def test_inpaints_with_a_mask_and_the_single_file_matches_its_folder(inpaint_engine, images, name):
+    from generation.errors import InvalidRequest
+
+    # Embeddings are judged by the family's width: the SD 1.x one (32) fits the SD 1.x inpainting model only.
+    prompt = "a cat a1111st" if name == "inpaint" else "a cat"
+    if name == "xl-inpaint":
+        with pytest.raises(InvalidRequest, match=r"a1111st has width 32; xl-inpaint needs 96"):
+            inpaint_engine.generate(_inpaint(name, images, prompt="a cat a1111st"))
     events = []
-    folder = inpaint_engine.generate(_inpaint(name, images, prompt="a cat a1111st"), on_progress=events.append)[0]
-    single = inpaint_engine.generate(_inpaint(f"{name}.safetensors", images, prompt="a cat a1111st"))[0]
+    folder = inpaint_engine.generate(_inpaint(name, images, prompt=prompt), on_progress=events.append)[0]
+    single = inpaint_engine.generate(_inpaint(f"{name}.safetensors", images, prompt=prompt))[0]
     assert folder.image.size == (64, 64) and pixels(folder.image).std() > 1
     assert max_diff(folder.image, single.image) == 0
     assert [e.step for e in events] == [1, 2, 3, 4]
     # The mask is read: another mask, another image; the run is reproducible.
-    again = inpaint_engine.generate(_inpaint(name, images, prompt="a cat a1111st"))[0]
-    other_mask = inpaint_engine.generate(_inpaint(name, images, prompt="a cat a1111st", mask=images["white"]))[0]
+    again = inpaint_engine.generate(_inpaint(name, images, prompt=prompt))[0]
+    other_mask = inpaint_engine.generate(_inpaint(name, images, prompt=prompt, mask=images["white"]))[0]
     assert max_diff(folder.image, again.image) == 0 and max_diff(folder.image, other_mask.image) > 0
     loaded = inpaint_engine.cache.get(inpaint_engine.registry.resolve(name))
     assert loaded.pipeline_for("inpaint") is loaded.base and loaded.base.unet.config.in_channels == 9
@@ -381,17 +391,20 @@ def test_a_regular_checkpoint_still_inpaints(inpaint_engine, images):
 
 
 @pytest.mark.parametrize("name", ["inpaint", "xl-inpaint"])
-def test_txt2img_on_an_inpainting_checkpoint_is_a1111s_full_mask(inpaint_engine, images, name):
-    """A1111 generates with a mask over everything; so does easel: the same image as inpainting every pixel."""
+def test_txt2img_on_an_inpainting_checkpoint_is_a1111s_full_mask(inpaint_engine, name):
+    """A1111 generates with a mask over everything and a grey masked image; so does easel."""
+    loaded = inpaint_engine.cache.get(inpaint_engine.registry.resolve(name))
     events = []
-    plain = inpaint_engine.generate(tiny_request(checkpoint=name, seed=11, steps=4), on_progress=events.append)[0]
-    assert plain.image.size == (64, 64) and pixels(plain.image).std() > 1 and len(events) == 4
+    unet, _ = _inputs(loaded.base, lambda: events.append(inpaint_engine.generate(
+        tiny_request(checkpoint=name, seed=11, steps=4), on_progress=events.append)[0]))
+    plain = events.pop()
+    assert plain.image.size == (64, 64) and pixels(plain.image).std() > 1 and [e.step for e in events] == [1, 2, 3, 4]
     assert "Denoising strength" not in plain.infotext
-    everything = inpaint_engine.generate(_inpaint(name, images, mask=images["white"], seed=11, mask_blur=0))[0]
-    assert max_diff(plain.image, everything.image) == 0
+    assert unet[0].shape[1] == 9 and all(bool((step[:, 4] == 1).all()) for step in unet)
+    again = inpaint_engine.generate(tiny_request(checkpoint=name, seed=11, steps=4))[0]
     single = inpaint_engine.generate(tiny_request(checkpoint=f"{name}.safetensors", seed=11, steps=4))[0]
-    assert max_diff(plain.image, single.image) == 0
-    # Batched images match the same seeds alone (each image's VAE sample has its own generator).
+    assert max_diff(plain.image, again.image) == 0 and max_diff(plain.image, single.image) == 0
+    # Batched images match the same seeds alone.
     batch = inpaint_engine.generate(tiny_request(checkpoint=name, seed=11, steps=4, count=2, sampler="Euler a"))
     alone = inpaint_engine.generate(tiny_request(checkpoint=name, seed=12, steps=4, sampler="Euler a"))[0]
     assert max_diff(batch[1].image, alone.image) <= 1
