@@ -97,13 +97,15 @@ def ask_from_args(args) -> "Ask":
     from generation.submission import Ask
     from generation.uploads import FileImage
 
-    mode = "inpaint" if args.mask else ("img2img" if args.init else "txt2img")
+    mode = "inpaint" if args.mask or args.inpaint else ("img2img" if args.init else "txt2img")
     return Ask(prompt=args.prompt, mode=mode, negative_prompt=args.negative, checkpoint=args.checkpoint or None,
                sampler=args.sampler, schedule=args.schedule or ("Automatic" if args.sampler else None),
                steps=args.steps, cfg_scale=args.cfg, width=args.width, height=args.height,
                seed=None if args.seed == -1 else args.seed, count=args.count, strength=args.strength,
                clip_skip=args.clip_skip, init_image=FileImage(args.init) if args.init else None,
-               mask=FileImage(args.mask) if args.mask else None)
+               mask=FileImage(args.mask) if args.mask else None, mask_blur=args.mask_blur,
+               mask_invert=args.invert_mask or None, masked_content=args.masked_content,
+               only_masked=args.only_masked or None, only_masked_padding=args.padding)
 
 
 def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:

@@ -19,6 +19,8 @@ def _progress_bar(step: int, total: int) -> None:
 
 
 def _add_generate(sub) -> None:
+    from generation.requests import MASKED_CONTENT  # light: no torch
+
     p = sub.add_parser("generate", help="generate images from a prompt (A1111 prompt syntax)")
     p.add_argument("prompt")
     p.add_argument("--negative", default=None, help="negative prompt")
@@ -35,6 +37,15 @@ def _add_generate(sub) -> None:
     p.add_argument("--init", type=Path, default=None, help="init image: img2img (or inpaint with --mask)")
     p.add_argument("--strength", type=float, default=None, help="denoising strength for --init, 0-1")
     p.add_argument("--mask", type=Path, default=None, help="inpaint mask, white = repaint")
+    p.add_argument("--inpaint", action="store_true",
+                   help="inpaint the transparent part of --init (a mask from its alpha channel)")
+    p.add_argument("--mask-blur", type=int, default=None, help="inpaint: blur of the mask's edge in pixels")
+    p.add_argument("--invert-mask", action="store_true", help="inpaint: repaint what is NOT masked")
+    p.add_argument("--masked-content", default=None, choices=MASKED_CONTENT,
+                   help="inpaint: what the masked part starts from")
+    p.add_argument("--only-masked", action="store_true",
+                   help="inpaint: repaint a crop around the mask at full size, then paste it back")
+    p.add_argument("--padding", type=int, default=None, help="inpaint, --only-masked: pixels of context")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder, or a .png path for one image")
 
 

@@ -595,6 +595,16 @@ class _BatchRun:
             kwargs.update(width=request.width, height=request.height,
                           mask_image=[jobs[owner].image_mask or white for owner in self.owner],
                           masked_image_latents=torch.cat([masked_latents[owner] for owner in self.owner]))
+            if request.strength == 1.0:
+                # diffusers' inpaint pipeline starts a full-strength run from noise alone; A1111 (and
+                # the img2img pipeline) from the init latents noised to the first step. Given latents,
+                # the pipeline scales them by init_noise_sigma: hand it A1111's start divided by that.
+                probe = make_scheduler(self.choice, self.loaded.scheduler_config, seeds=self.seeds, steps=request.steps)
+                probe.set_timesteps(request.steps, device=device.device)
+                if hasattr(probe, "set_begin_index"):
+                    probe.set_begin_index(0)
+                start = probe.add_noise(self.blend.init, self.blend.noise, probe.timesteps[:1])
+                kwargs["latents"] = start / probe.init_noise_sigma
         return kwargs
 
     def _guidance_attached(self):
