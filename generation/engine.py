@@ -384,9 +384,12 @@ class _LatentBlend:
     initial latents are init + noise there, and after the last step `init * mask + samples *
     nmask`. Between steps A1111's k-diffusion samplers blend the denoised prediction with init;
     here, as diffusers' own inpaint pipeline does for 4-channel UNets, the latents after each
-    step are blended with init noised to the next step's level (with the image's own noise), which
-    is the same for first-order deterministic samplers (Euler, DDIM) and differs elsewhere only
-    in the kept area the UNet sees. `init` already carries "latent noise" / "latent nothing".
+    step are blended with init noised to the next step's level with the image's own noise. For
+    the deterministic samplers (Euler, LMS, Heun, DPM2, DPM++ 2M) A1111's kept latents are
+    exactly that too, so the runs agree; for ancestral and SDE samplers A1111's kept area holds
+    the same noise level but mixed with the step's fresh noise, and for DDIM, PLMS and UniPC it
+    re-noises the kept area before each step with unseeded noise: there only the kept area the
+    UNet sees differs. `init` already carries "latent noise" / "latent nothing".
     """
 
     def __init__(self, *, init: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor):
