@@ -658,6 +658,8 @@ class _BatchRun:
             lora_hashes = self.engine.lora_hashes(request)
             # A1111 writes the inpaint keys in init, before the LoRA hashes of the batch's networks.
             extra = list(self.inpaint_jobs[index].extra) if self.inpaint_jobs is not None else []
+            if self.loaded.info.inpainting:  # A1111 notes the mask weight of every inpainting-model run
+                extra.append(("Conditional mask weight", "1.0"))  # A1111 writes the float as str() does
             extra += [("Lora hashes", lora_hashes)] if lora_hashes else []
             info = self.loaded.info
             results[item.key] = [

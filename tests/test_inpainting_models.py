@@ -388,6 +388,12 @@ def test_a_regular_checkpoint_still_inpaints(inpaint_engine, images):
     assert not loaded.inpainting and loaded.base.unet.config.in_channels == 4
     assert type(loaded.pipeline_for("inpaint")).__name__ == "StableDiffusionInpaintPipeline"
     assert painted.image.size == (64, 64)
+    assert "Conditional mask weight" not in painted.infotext
+
+
+def test_every_run_on_an_inpainting_checkpoint_notes_the_mask_weight_as_a1111(inpaint_engine, images):
+    for request in (_inpaint("inpaint", images), tiny_request(checkpoint="inpaint", seed=1, steps=2)):
+        assert "Conditional mask weight: 1.0, " in inpaint_engine.generate(request)[0].infotext
 
 
 @pytest.mark.parametrize("name", ["inpaint", "xl-inpaint"])
@@ -458,3 +464,4 @@ def test_make_test_model_inpaint_and_models_listing(tmp_path):
     # --inpaint without --sdxl is SD 1.x; plain make-test-model stays the plain model.
     plain = _easel("make-test-model", str(tmp_path / "plain"))
     assert plain.returncode == 0 and detect_architecture(tmp_path / "plain.safetensors") == "tiny-sd1"
+
