@@ -428,3 +428,16 @@ def test_embedding_trigger_and_size():
         check_upload_size(MAX_EMBEDDING_BYTES + 1)
     with pytest.raises(EmbeddingError, match="empty"):
         check_upload_size(0)
+
+
+def test_info_shows_a1111s_inpaint_keys():
+    from bot.cogs.info import info_embed
+    from bot.drafts import Draft
+
+    text = ("a cat\nSteps: 20, Sampler: Euler, Seed: 5, Size: 512x512, Denoising strength: 0.75, "
+            "Mask mode: Inpaint not masked, Mask blur: 8, Inpaint area: Only masked, Masked area padding: 16, "
+            "Masked content: latent noise")
+    embed = info_embed(to_request_fields(parse_infotext(text)), Draft(given={}), "cat.png")
+    fields = {field.name: field.value for field in embed.fields}
+    assert (fields["Mask blur"], fields["Masked content"], fields["Masked area padding"]) == ("8", "latent noise", "16")
+    assert (fields["Mask mode"], fields["Inpaint area"]) == ("Inpaint not masked", "Only masked")

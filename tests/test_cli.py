@@ -125,3 +125,22 @@ async def test_a_bot_starting_beside_easel_generate_leaves_its_job_alone(tmp_pat
     finally:
         if cli.poll() is None:
             cli.kill()
+
+
+def test_generate_inpaints_the_transparent_part_with_a1111_options(tmp_path, models_dir):
+    from PIL import Image
+
+    env = {"EASEL_MODELS_DIR": str(models_dir), "EASEL_DATA_DIR": str(tmp_path / "data"), "EASEL_DEVICE": "cpu",
+           "EASEL_CONFIG": str(tmp_path / "none.toml")}
+    picture = Image.new("RGBA", (64, 64), (30, 120, 200, 255))
+    picture.paste((0, 0, 0, 0), (40, 40, 56, 56))  # an erased square
+    picture.save(tmp_path / "erased.png")
+    result = easel("generate", "a red ball", "--init", str(tmp_path / "erased.png"), "--inpaint", "--only-masked",
+                   "--padding", "8", "--mask-blur", "2", "--masked-content", "fill", "--steps", "2", "--seed", "4",
+                   "--out", str(tmp_path / "ball.png"), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    text = read_infotext((tmp_path / "ball.png").read_bytes())
+    assert "Mask blur: 2" in text and "Inpaint area: Only masked, Masked area padding: 8" in text
+    assert "Masked content: fill" in text
+    kept = Image.open(tmp_path / "ball.png").convert("RGB")
+    assert kept.getpixel((5, 5)) == (30, 120, 200)  # outside the mask: the source, exactly

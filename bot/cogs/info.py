@@ -30,10 +30,15 @@ def info_embed(fields: dict, draft: Draft, filename: str) -> discord.Embed:
     embed.description = description
     shown = (("Steps", "steps"), ("Sampler", "sampler"), ("Schedule type", "schedule_type"),
              ("CFG scale", "cfg_scale"), ("Seed", "seed"), ("Model", "model"), ("Model hash", "model_hash"),
-             ("Clip skip", "clip_skip"), ("Denoising strength", "denoising_strength"))
+             ("Clip skip", "clip_skip"), ("Denoising strength", "denoising_strength"), ("Mask blur", "mask_blur"),
+             ("Masked content", "masked_content"), ("Masked area padding", "only_masked_padding"))
     for label, key in shown:
         if fields.get(key) is not None and (key != "clip_skip" or fields[key] != 1):
             embed.add_field(name=label, value=clip(format_value(fields[key]), 100))
+    if fields.get("mask_invert"):
+        embed.add_field(name="Mask mode", value="Inpaint not masked")
+    if fields.get("only_masked"):
+        embed.add_field(name="Inpaint area", value="Only masked")
     if fields.get("width") and fields.get("height"):
         embed.add_field(name="Size", value=f"{fields['width']}×{fields['height']}")
     extra = [f"{quoted(key, 40)}: {quoted(str(value), 80)}" for key, value in (fields.get("extra") or {}).items()]
