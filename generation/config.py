@@ -45,6 +45,9 @@ class ModelsConfig:
     default_checkpoint: str = ""
     pipeline_cache_size: int = 2
     lora_cache_size: int = 8  # parsed LoRA files kept in memory
+    # A1111's "Inpainting conditioning mask strength" for inpainting checkpoints: 1 hides the masked
+    # part of the picture from the model, 0 shows it all (img2img and inpaint).
+    inpainting_mask_weight: float = 1.0
     allow_pickle_checkpoints: bool = False
     allow_hub_checkpoints: bool = True
 
@@ -224,6 +227,8 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[limits] max_prompt_chars, max_schedule_texts and max_prompt_weight must be positive")
     if lim.check_deadline_s <= 0:
         problems.append("[limits] check_deadline_s must be positive")
+    if not 0.0 <= config.models.inpainting_mask_weight <= 1.0:
+        problems.append("[models] inpainting_mask_weight must be within 0-1")
     if config.models.pipeline_cache_size < 1:
         problems.append("[models] pipeline_cache_size must be at least 1")
     if config.previews.every_n_steps < 1:

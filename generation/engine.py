@@ -529,6 +529,8 @@ class _BatchRun:
             kwargs["image"] = [load_user_image(Path(self.items[i].request.init_image), max_pixels=limit)
                                .convert("RGB").resize((request.width, request.height), Image.LANCZOS) for i in self.owner]
             kwargs["strength"] = float(request.strength)
+            if self.loaded.info.inpainting:
+                kwargs["inpainting_mask_weight"] = self.engine.config.models.inpainting_mask_weight
         else:
             with torch.inference_mode():
                 kwargs.update(self._inpaint_inputs(device))
@@ -574,7 +576,9 @@ class _BatchRun:
             if nine_channels:  # A1111's inpainting conditioning: the picture where the rounded mask is 0
                 mask = (np.ones((request.height, request.width), dtype=np.float32) if job.image_mask is None
                         else np.array(job.image_mask.convert("L"), dtype=np.float32) / 255.0)
-                keep_pixels = 1.0 - torch.from_numpy(np.round(mask))[None, None]
+                # lerp(pixels, pixels * (1 - mask), w) with A1111's conditioning mask strength w
+                weight = self.engine.config.models.inpainting_mask_weight
+                keep_pixels = 1.0 - weight * torch.from_numpy(np.round(mask))[None, None]
                 masked_latents.append(_vae_encode(pipe, pixels * keep_pixels).to(**target))
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -659,7 +663,8 @@ class _BatchRun:
             # A1111 writes the inpaint keys in init, before the LoRA hashes of the batch's networks.
             extra = list(self.inpaint_jobs[index].extra) if self.inpaint_jobs is not None else []
             if self.loaded.info.inpainting:  # A1111 notes the mask weight of every inpainting-model run
-                extra.append(("Conditional mask weight", "1.0"))  # A1111 writes the float as str() does
+                # A1111 writes the float as str() does
+                extra.append(("Conditional mask weight", str(float(self.engine.config.models.inpainting_mask_weight))))
             extra += [("Lora hashes", lora_hashes)] if lora_hashes else []
             info = self.loaded.info
             results[item.key] = [

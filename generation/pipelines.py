@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from .checkpoints import CheckpointInfo
+from .config import ModelsConfig
 from .errors import ModelLoadError
 from .requests import Mode
 
@@ -45,8 +46,8 @@ class DeviceSpec:
 
 
 # A1111's "Inpainting conditioning mask strength" (opts.inpainting_mask_weight): 1 hides the whole
-# image from an inpainting model's img2img, 0 shows it all.
-DEFAULT_INPAINTING_MASK_WEIGHT = 1.0
+# image from an inpainting model's img2img, 0 shows it all. The engine passes `[models]`'s value.
+DEFAULT_INPAINTING_MASK_WEIGHT = ModelsConfig.inpainting_mask_weight
 
 
 def encode_image_mean(pipe, pixels: torch.Tensor) -> torch.Tensor:

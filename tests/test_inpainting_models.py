@@ -465,3 +465,17 @@ def test_make_test_model_inpaint_and_models_listing(tmp_path):
     plain = _easel("make-test-model", str(tmp_path / "plain"))
     assert plain.returncode == 0 and detect_architecture(tmp_path / "plain.safetensors") == "tiny-sd1"
 
+
+
+def test_the_conditioning_mask_strength_is_the_operators_setting(inpaint_engine, images, tmp_path):
+    """A1111's "Inpainting conditioning mask strength": lerp(image, image * (1 - mask), w) shown to
+    the model, in img2img and inpaint alike, and noted in the infotext."""
+    root = inpaint_engine.registry.checkpoints_dir.parent
+    half = Engine(config=make_config(root, tmp_path / "data", models={"inpainting_mask_weight": 0.5}),
+                  registry=inpaint_engine.registry)
+    for request in (_inpaint("inpaint", images),
+                    tiny_request(checkpoint="inpaint", mode="img2img", init_image=images["init"], strength=0.5,
+                                 seed=3, steps=4)):
+        full, halfway = inpaint_engine.generate(request)[0], half.generate(request)[0]
+        assert "Conditional mask weight: 0.5, " in halfway.infotext
+        assert max_diff(full.image, halfway.image) > 0
