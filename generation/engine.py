@@ -31,7 +31,7 @@ from .errors import Canceled, InvalidRequest
 from .images import load_user_image
 from .infotext import format_infotext
 from .inpainting import InpaintJob, finish_inpaint, latent_mask, prepare_inpaint
-from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache
+from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache, encode_image_mean
 from .previews import latents_to_preview
 from .prompt_parser import (BREAK, LORA_TYPES, extra_network_tags, lora_tags, parse_attention, prompt_parts,
                             prompt_schedule, without_extra_networks)
@@ -423,31 +423,6 @@ class _LatentBlend:
         return init * self.keep + latents * self.paint
 
 
-def _vae_encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """Latents of [-1, 1] pixels [1, 3, H, W]: the VAE posterior's mean (A1111 samples it with
-    its unseeded global RNG; the mean is that without the noise), scaled as the pipelines scale.
-    An SDXL VAE that overflows in float16 is run in float32, as diffusers' XL pipelines do."""
-    vae = pipe.vae
-    dtype = vae.dtype
-    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and hasattr(pipe, "text_encoder_2")
-    if upcast:
-        vae.to(dtype=torch.float32)
-    try:
-        encoded = vae.encode(pixels.to(vae.device, torch.float32 if upcast else dtype))
-    finally:
-        if upcast:
-            vae.to(dtype=dtype)
-    dist = getattr(encoded, "latent_dist", None)
-    latents = (dist.mode() if dist is not None else encoded.latents).to(torch.float32)
-    config = vae.config
-    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if mean is not None and std is not None:
-        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
-        std = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
-        return (latents - mean) * config.scaling_factor / std
-    return latents * config.scaling_factor
-
-
 def _pixels(image: Image.Image) -> torch.Tensor:
     """An RGB picture as [1, 3, H, W] in [-1, 1] (A1111: uint8 / 255, then * 2 - 1)."""
     array = np.array(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -567,7 +542,7 @@ class _BatchRun:
         encoded, paint_masks, masked_latents = [], [], []
         for job in jobs:
             pixels = _pixels(job.image)
-            encoded.append(_vae_encode(pipe, pixels).to(**target))
+            encoded.append(encode_image_mean(pipe, pixels).to(**target))
             if job.image_mask is None:  # "Only masked" on a blank mask: A1111 runs img2img, unmasked
                 paint = torch.ones(1, 1, latent_h, latent_w)
             else:
@@ -579,7 +554,7 @@ class _BatchRun:
                 # lerp(pixels, pixels * (1 - mask), w) with A1111's conditioning mask strength w
                 weight = self.engine.config.models.inpainting_mask_weight
                 keep_pixels = 1.0 - weight * torch.from_numpy(np.round(mask))[None, None]
-                masked_latents.append(_vae_encode(pipe, pixels * keep_pixels).to(**target))
+                masked_latents.append(encode_image_mean(pipe, pixels * keep_pixels).to(**target))
         from diffusers.utils.torch_utils import randn_tensor
 
         init, noise, keep = [], [], []

@@ -182,34 +182,22 @@ def expand_crop_region(crop_region: tuple[int, int, int, int], processing_width:
     ratio_crop_region = (x2 - x1) / (y2 - y1)
     ratio_processing = processing_width / processing_height
     if ratio_crop_region > ratio_processing:
-        desired_height = (x2 - x1) / ratio_processing
-        desired_height_diff = int(desired_height - (y2 - y1))
-        y1 -= desired_height_diff // 2
-        y2 += desired_height_diff - desired_height_diff // 2
-        if y2 >= image_height:
-            diff = y2 - image_height
-            y2 -= diff
-            y1 -= diff
-        if y1 < 0:
-            y2 -= y1
-            y1 -= y1
-        if y2 >= image_height:
-            y2 = image_height
+        y1, y2 = _grow_span(y1, y2, (x2 - x1) / ratio_processing, image_height)
     else:
-        desired_width = (y2 - y1) * ratio_processing
-        desired_width_diff = int(desired_width - (x2 - x1))
-        x1 -= desired_width_diff // 2
-        x2 += desired_width_diff - desired_width_diff // 2
-        if x2 >= image_width:
-            diff = x2 - image_width
-            x2 -= diff
-            x1 -= diff
-        if x1 < 0:
-            x2 -= x1
-            x1 -= x1
-        if x2 >= image_width:
-            x2 = image_width
+        x1, x2 = _grow_span(x1, x2, (y2 - y1) * ratio_processing, image_width)
     return x1, y1, x2, y2
+
+
+def _grow_span(low: int, high: int, desired: float, limit: int) -> tuple[int, int]:
+    """One side of A1111's expand_crop_region: grow [low, high) to `desired` about its centre, then
+    shift back inside [0, limit), clamping the far end."""
+    diff = int(desired - (high - low))
+    low, high = low - diff // 2, high + diff - diff // 2
+    if high >= limit:
+        low, high = low - (high - limit), limit
+    if low < 0:
+        low, high = 0, high - low
+    return low, min(high, limit)
 
 
 def resize_image(resize_mode: int, im: Image.Image, width: int, height: int) -> Image.Image:

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from generation.engine import BatchItem, _LatentBlend, _pixels, _vae_encode
+from generation.engine import BatchItem, _LatentBlend, _pixels
+from generation.pipelines import encode_image_mean
 from generation.infotext import parse_infotext, to_request_fields
 from generation.inpainting import (
     apply_overlay,
@@ -335,8 +336,8 @@ def test_masked_content_reaches_the_initial_latents_as_in_a1111(engine, registry
     job = prepare_inpaint(source, mask, width=64, height=64, mask_blur=4, masked_content="fill")
     paint = torch.from_numpy(latent_mask(job.image_mask, 8, 8)).bool().expand(4, 8, 8)
     with torch.inference_mode():
-        original = _vae_encode(pipe, _pixels(source))[0]
-        filled = _vae_encode(pipe, _pixels(job.image))[0]
+        original = encode_image_mean(pipe, _pixels(source))[0]
+        filled = encode_image_mean(pipe, _pixels(job.image))[0]
     noise = randn_tensor((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(21))[0]
     assert torch.equal(initial["original"], original)  # the picture as it is
     assert torch.equal(initial["fill"], filled)  # the filled picture
