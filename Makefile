@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/queue.py
 	$(PY) bench/prompt_encoding.py
 	$(PY) bench/discord_ack.py
+	$(PY) bench/lora.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
