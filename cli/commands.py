@@ -98,6 +98,12 @@ def ask_from_args(args) -> "Ask":
     from generation.uploads import FileImage
 
     mode = "inpaint" if args.mask or args.inpaint else ("img2img" if args.init else "txt2img")
+    resize_w = resize_h = None
+    if getattr(args, "seed_resize_from", None):
+        try:
+            resize_w, resize_h = (int(part) for part in args.seed_resize_from.lower().split("x"))
+        except ValueError:
+            raise EaselError(f"--seed-resize-from must be WIDTHxHEIGHT, not {args.seed_resize_from!r}") from None
     return Ask(prompt=args.prompt, mode=mode, negative_prompt=args.negative, checkpoint=args.checkpoint or None,
                sampler=args.sampler, schedule=args.schedule or ("Automatic" if args.sampler else None),
                steps=args.steps, cfg_scale=args.cfg, width=args.width, height=args.height,
@@ -105,15 +111,25 @@ def ask_from_args(args) -> "Ask":
                clip_skip=args.clip_skip, init_image=FileImage(args.init) if args.init else None,
                mask=FileImage(args.mask) if args.mask else None, mask_blur=args.mask_blur,
                mask_invert=args.invert_mask or None, masked_content=args.masked_content,
-               only_masked=args.only_masked or None, only_masked_padding=args.padding)
+               only_masked=args.only_masked or None, only_masked_padding=args.padding,
+               subseed=getattr(args, "subseed", None), subseed_strength=getattr(args, "subseed_strength", None),
+               seed_resize_from_w=resize_w, seed_resize_from_h=resize_h)
 
 
 def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:
     if out.suffix.lower() == ".png":
         if count == 1:
             return [out]
-        return [out.with_name(f"{out.stem}-{seed}.png") for seed in seeds]
-    return [out / f"{seed}.png" for seed in seeds]
+        names = _distinct_names(seeds)
+        return [out.with_name(f"{out.stem}-{name}.png") for name in names]
+    return [out / f"{name}.png" for name in _distinct_names(seeds)]
+
+
+def _distinct_names(seeds: list[int]) -> list[str]:
+    """The seeds as file names; with a variation seed every image has the same seed: then seed-index."""
+    if len(set(seeds)) == len(seeds):
+        return [str(seed) for seed in seeds]
+    return [f"{seed}-{index}" for index, seed in enumerate(seeds)]
 
 
 def generate(config: Config, args, *, progress: Callable[[int, int], None]) -> int:

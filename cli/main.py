@@ -34,6 +34,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=-1, help="-1: random")
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--clip-skip", type=int, default=None)
+    p.add_argument("--subseed", type=int, default=None, help="variation seed (A1111); -1: random")
+    p.add_argument("--subseed-strength", type=float, default=None, help="variation strength, 0-1")
+    p.add_argument("--seed-resize-from", default=None, metavar="WxH",
+                   help="draw the noise as for this size, pasted centred (A1111's seed resize)")
     p.add_argument("--init", type=Path, default=None, help="init image: img2img (or inpaint with --mask)")
     p.add_argument("--strength", type=float, default=None, help="denoising strength for --init, 0-1")
     p.add_argument("--mask", type=Path, default=None, help="inpaint mask, white = repaint")

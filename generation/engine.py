@@ -499,6 +499,8 @@ class _BatchRun:
             kwargs["callback_on_step_end_tensor_inputs"].append("add_text_embeds")
         if request.mode == "txt2img":
             kwargs.update(width=request.width, height=request.height)
+            if any(item.request.has_variation or item.request.has_seed_resize for item in self.items):
+                kwargs["latents"] = self._variation_latents(device, kwargs["generator"])
         elif request.mode == "img2img":
             limit = self.engine.config.limits.max_pixels * 4
             kwargs["image"] = [load_user_image(Path(self.items[i].request.init_image), max_pixels=limit)
@@ -516,6 +518,34 @@ class _BatchRun:
         if self.inpaint_jobs is not None:
             images = [finish_inpaint(self.inpaint_jobs[owner], image) for owner, image in zip(self.owner, images)]
         return self._split(images)
+
+    def _variation_latents(self, device: DeviceSpec, generators: list[torch.Generator]) -> torch.Tensor:
+        """txt2img initial noise of every image, as A1111's ImageRNG.first draws it: for a job with a
+        variation seed or seed resize `variations.image_noise` (seed, subseed + i); for the others
+        the pipeline's own first draw from the image's generator. Unscaled: the pipeline multiplies
+        given latents by the scheduler's init_noise_sigma, as it does its own noise. The per-image
+        generators (ancestral and SDE step noise) keep following the main seed, as in A1111: each
+        makes the first draw the pipeline would have made, so the step noise after it is unchanged."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        from .variations import image_noise
+
+        scale = self.pipe.vae_scale_factor
+        shape = (self.pipe.unet.config.in_channels, self.request.height // scale, self.request.width // scale)
+        target = dict(device=device.device, dtype=device.dtype)
+        noises = []
+        position = 0
+        for item in self.items:
+            asked = item.request
+            subseeds = asked.subseeds() if asked.has_variation else [None] * asked.count
+            resize = (asked.seed_resize_from_w, asked.seed_resize_from_h) if asked.has_seed_resize else None
+            for seed, subseed in zip(asked.seeds(), subseeds):
+                drawn = randn_tensor((1, *shape), generator=generators[position], **target)  # the pipeline's draw
+                position += 1
+                if asked.has_variation or asked.has_seed_resize:
+                    drawn = image_noise(shape, seed, subseed, float(asked.subseed_strength), resize)[None].to(**target)
+                noises.append(drawn)
+        return torch.cat(noises)
 
     def _inpaint_inputs(self, device: DeviceSpec) -> dict:
         """A1111's inpaint init for every image of the batch (`inpainting.prepare_inpaint` per job),
@@ -642,12 +672,17 @@ class _BatchRun:
                 extra.append(("Conditional mask weight", str(float(self.engine.config.models.inpainting_mask_weight))))
             extra += [("Lora hashes", lora_hashes)] if lora_hashes else []
             info = self.loaded.info
+            seeds = request.seeds()
+            subseeds = request.subseeds() if request.has_variation else [None] * request.count
+            resize = (request.seed_resize_from_w, request.seed_resize_from_h) if request.has_seed_resize else None
             results[item.key] = [
-                GeneratedImage(index=i, seed=request.seed + i, image=image, infotext=format_infotext(
+                GeneratedImage(index=i, seed=seeds[i], image=image, infotext=format_infotext(
                     prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                     sampler=self.choice.sampler, schedule_type=self.choice.schedule, cfg_scale=request.cfg_scale,
-                    seed=request.seed + i, width=request.width, height=request.height,
-                    model_hash=info.short_hash, model=info.name,
+                    seed=seeds[i], width=request.width, height=request.height,
+                    model_hash=info.short_hash, model=info.name, variation_seed=subseeds[i],
+                    variation_seed_strength=request.subseed_strength if request.has_variation else None,
+                    seed_resize_from=resize,
                     denoising_strength=request.strength if request.mode != "txt2img" else None,
                     clip_skip=request.clip_skip, ti_hashes=ti_hashes or None, version=f"easel {__version__}",
                     extra=extra,

@@ -95,6 +95,9 @@ _STANDARD_KEYS = frozenset(
         "Model",
         "VAE hash",
         "VAE",
+        "Variation seed",
+        "Variation seed strength",
+        "Seed resize from",
         "Denoising strength",
         "Clip skip",
         "TI hashes",
@@ -186,6 +189,9 @@ def format_infotext(
     model: str | None = None,
     vae_hash: str | None = None,
     vae: str | None = None,
+    variation_seed: int | None = None,
+    variation_seed_strength: float | None = None,
+    seed_resize_from: tuple[int, int] | None = None,
     denoising_strength: float | None = None,
     clip_skip: int = 1,
     ti_hashes: Mapping[str, str] | None = None,
@@ -222,6 +228,13 @@ def format_infotext(
         ("VAE", vae),
     )
     pairs += [(key, value) for key, value in optional if value is not None]
+    # A1111's order: after VAE, before Denoising strength; each only when it applies.
+    if variation_seed_strength:
+        pairs.append(("Variation seed", str(int(variation_seed))))
+        _format_number(variation_seed_strength, name="variation_seed_strength")  # checks it is a finite number
+        pairs.append(("Variation seed strength", str(float(variation_seed_strength))))  # A1111: str(float), 1.0
+    if seed_resize_from is not None and seed_resize_from[0] > 0 and seed_resize_from[1] > 0:
+        pairs.append(("Seed resize from", f"{int(seed_resize_from[0])}x{int(seed_resize_from[1])}"))
     if denoising_strength is not None:
         pairs.append(
             ("Denoising strength", _format_number(denoising_strength, name="denoising_strength"))
@@ -386,8 +399,9 @@ def to_request_fields(info: Infotext) -> dict:
         "Model": "model",
         "Model hash": "model_hash",
     }
-    integer_fields = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip"}
-    decimal_fields = {"CFG scale": "cfg_scale", "Denoising strength": "denoising_strength"}
+    integer_fields = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip", "Variation seed": "subseed"}
+    decimal_fields = {"CFG scale": "cfg_scale", "Denoising strength": "denoising_strength",
+                      "Variation seed strength": "subseed_strength"}
     # A1111's inpaint keys (processing.py init), each written only when it differs from the plain
     # case, read as A1111's paste reads them (infotext_utils: the img2img tab's fields).
     integer_inpaint_fields = {"Mask blur": "mask_blur", "Masked area padding": "only_masked_padding"}
@@ -417,6 +431,11 @@ def to_request_fields(info: Infotext) -> dict:
                 fields[name] = choices[raw]
             else:
                 warnings.append(f"{key}: {_shorten(raw)!r} is not one of {', '.join(choices)}, ignored")
+        elif key == "Seed resize from":
+            if len(raw) <= 2 * _MAX_INTEGER_CHARS + 1 and (match := _IMAGE_SIZE.fullmatch(raw)):
+                fields["seed_resize_from_w"], fields["seed_resize_from_h"] = int(match[1]), int(match[2])
+            else:
+                warnings.append(f"Seed resize from: {_shorten(raw)!r} is not WIDTHxHEIGHT, ignored")
         elif key == "Size":
             if len(raw) > 2 * _MAX_INTEGER_CHARS + 1:
                 warnings.append(f"Size: {_shorten(raw)!r} is too long, ignored")

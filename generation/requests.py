@@ -47,17 +47,45 @@ class GenerationRequest:
     masked_content: str = "original"
     only_masked: bool = False
     only_masked_padding: int = 32
+    # A1111's "Variation seed" (its API names): the initial noise is slerp(subseed_strength,
+    # noise(seed), noise(subseed)); -1: random when the strength is above 0. Seed resize: the
+    # noise is drawn as for this size (0 = off; both or neither) and pasted centred.
+    subseed: int = RANDOM_SEED
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+
+    @property
+    def has_variation(self) -> bool:
+        return bool(self.subseed_strength)
+
+    @property
+    def has_seed_resize(self) -> bool:
+        return self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0
 
     def seeds(self) -> list[int]:
-        """Seed of each image: image i uses seed + i, so it can be reproduced alone."""
+        """Seed of each image: image i uses seed + i, so it can be reproduced alone. With a
+        variation (A1111) every image keeps the seed and the subseed counts up instead."""
         if self.seed == RANDOM_SEED:
             raise ValueError("resolve the random seed first (with_resolved_seed)")
+        if self.has_variation:
+            return [self.seed] * self.count
         return [self.seed + i for i in range(self.count)]
 
+    def subseeds(self) -> list[int]:
+        """Variation seed of each image: subseed + i (A1111, always)."""
+        if self.has_variation and self.subseed == RANDOM_SEED:
+            raise ValueError("resolve the random subseed first (with_resolved_seed)")
+        return [self.subseed + i for i in range(self.count)]
+
     def with_resolved_seed(self, rng: random.Random | None = None) -> "GenerationRequest":
-        if self.seed != RANDOM_SEED:
-            return self
-        return dataclasses.replace(self, seed=(rng or random.SystemRandom()).randrange(0, MAX_SEED))
+        """The seed, and the subseed when a variation is asked for, drawn if random."""
+        changes: dict[str, int] = {}
+        if self.seed == RANDOM_SEED:
+            changes["seed"] = (rng := rng or random.SystemRandom()).randrange(0, MAX_SEED)
+        if self.has_variation and self.subseed == RANDOM_SEED:
+            changes["subseed"] = (rng or random.SystemRandom()).randrange(0, MAX_SEED)
+        return dataclasses.replace(self, **changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,11 +150,30 @@ def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[s
         problems.append(f"seed must be -1 (random) or from 0 to {MAX_SEED - 1}")
     elif _is_int(request.count) and request.seed != RANDOM_SEED and request.seed + request.count - 1 >= MAX_SEED:
         problems.append(f"seed + count must stay below {MAX_SEED}")
+    if not _is_number(request.subseed_strength) or not 0.0 <= request.subseed_strength <= 1.0:
+        problems.append("the variation strength must be from 0 to 1")
+    if not _is_int(request.subseed) or not (request.subseed == RANDOM_SEED or 0 <= request.subseed < MAX_SEED):
+        problems.append(f"the variation seed must be -1 (random) or from 0 to {MAX_SEED - 1}")
+    elif _is_int(request.count) and request.subseed != RANDOM_SEED and request.subseed + request.count - 1 >= MAX_SEED:
+        problems.append(f"variation seed + count must stay below {MAX_SEED}")
+    resize = (request.seed_resize_from_w, request.seed_resize_from_h)
+    if not all(_is_int(value) for value in resize):
+        problems.append("the seed resize size must be whole numbers")
+    elif any(resize):
+        if not all(resize):
+            problems.append("seed resize needs both a width and a height (or neither)")
+        for name, value, maximum in (("width", resize[0], limits.max_width), ("height", resize[1], limits.max_height)):
+            if value and (value % 8 or not limits.min_size <= value <= maximum):
+                problems.append(f"the seed resize {name} must be a multiple of 8 from {limits.min_size} to {maximum}")
+        if all(resize) and resize[0] * resize[1] > limits.max_pixels:
+            problems.append(f"the seed resize size is over {limits.max_pixels:,} pixels")
     if not _is_int(request.count) or not 1 <= request.count <= limits.max_count:
         problems.append(f"count must be from 1 to {limits.max_count}")
     if not _is_int(request.clip_skip) or not 1 <= request.clip_skip <= limits.max_clip_skip:
         problems.append(f"clip skip must be from 1 to {limits.max_clip_skip}")
     if request.mode in ("img2img", "inpaint"):
+        if (_is_number(request.subseed_strength) and request.subseed_strength) or any(resize):
+            problems.append("a variation seed and seed resize work with txt2img only")
         if not request.init_image:
             problems.append(f"{request.mode} needs an init image")
         if not _is_number(request.strength) or not 0.0 <= request.strength <= 1.0:

@@ -24,7 +24,7 @@ GUILD_LIMITS: dict[str, type] = {"max_steps": int, "max_width": int, "max_height
 RESOLVED_OPTIONS = ("negative_prompt", "sampler", "schedule", "steps", "cfg_scale", "width", "height", "count",
                     "strength", "clip_skip", "mask_blur", "masked_content", "only_masked_padding")
 # Options with no default in config.toml: a member chooses them or they stay as GenerationRequest has them.
-CHOSEN_ONLY = ("mask_invert", "only_masked")
+CHOSEN_ONLY = ("mask_invert", "only_masked", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
 # Request field -> the server limit that caps it.
 CAPPED_BY_GUILD = {"steps": "max_steps", "width": "max_width", "height": "max_height", "count": "max_count"}
 

@@ -69,6 +69,11 @@ class Ask:
     masked_content: str | None = None
     only_masked: bool | None = None
     only_masked_padding: int | None = None
+    # A1111's variation seed (request fields of the same names); seed resize as two ints, 0 = off.
+    subseed: int | None = None
+    subseed_strength: float | None = None
+    seed_resize_from_w: int | None = None
+    seed_resize_from_h: int | None = None
     init_image: ImageInput | str | None = None
     mask: ImageInput | str | None = None
 

@@ -144,3 +144,18 @@ def test_generate_inpaints_the_transparent_part_with_a1111_options(tmp_path, mod
     assert "Masked content: fill" in text
     kept = Image.open(tmp_path / "ball.png").convert("RGB")
     assert kept.getpixel((5, 5)) == (30, 120, 200)  # outside the mask: the source, exactly
+
+
+def test_generate_with_a_variation_seed(tmp_path, models_dir):
+    env = {"EASEL_MODELS_DIR": str(models_dir), "EASEL_DATA_DIR": str(tmp_path / "data"), "EASEL_DEVICE": "cpu",
+           "EASEL_CONFIG": str(tmp_path / "none.toml")}
+    result = easel("generate", "a cat", "--width", "64", "--height", "64", "--steps", "2", "--seed", "3",
+                   "--count", "2", "--subseed", "7", "--subseed-strength", "0.5", "--seed-resize-from", "128x128",
+                   "--out", str(tmp_path / "out"), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["3-0.png", "3-1.png"]  # one seed, two images
+    texts = [read_infotext((tmp_path / "out" / name).read_bytes()) for name in ("3-0.png", "3-1.png")]
+    assert "Seed: 3, Size: 64x64" in texts[1] and "Variation seed: 8, Variation seed strength: 0.5" in texts[1]
+    assert "Seed resize from: 128x128" in texts[0]
+    bad = easel("generate", "a cat", "--seed-resize-from", "huge", env_extra=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
