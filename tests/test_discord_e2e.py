@@ -334,3 +334,15 @@ async def test_a_lora_prompt_end_to_end(tmp_path):
         (image,) = await env.app.store.images.list_for_job(job.id)
         text = read_infotext(image.path.read_bytes())
         assert 'Lora hashes: "fluffy: ' in text and text.startswith("a cat <lora:fluffy:0.8>")
+
+
+async def test_imagine_with_a_variation_seed(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        interaction = await env.fake.invoke_command(
+            "imagine", {"prompt": "a cat", "steps": 2, "seed": 5, "variation_seed": 9, "variation_strength": 0.3},
+            user=env.alice, guild=env.guild, channel=env.channel)
+        await interaction.wait_for_original(finished, timeout=60)
+        (job,) = await env.app.store.jobs.list_for_owner(env.alice.id)
+        assert (job.request["subseed"], job.request["subseed_strength"]) == (9, 0.3)
+        (image,) = await env.app.store.images.list_for_job(job.id)
+        assert "Seed: 5," in image.infotext and "Variation seed: 9, Variation seed strength: 0.3" in image.infotext

@@ -43,7 +43,8 @@ MASKED_CONTENT_CHOICES = [app_commands.Choice(name=name, value=name) for name in
 AREA_CHOICES = [app_commands.Choice(name="Whole picture", value="whole picture"),
                 app_commands.Choice(name="Only masked", value="only masked")]
 
-OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale", "padding": "only_masked_padding"}
+OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale", "padding": "only_masked_padding",
+                 "variation_seed": "subseed", "variation_strength": "subseed_strength"}
 # Not request fields (app: locals() holds the closure too; the two choices map to booleans).
 NOT_FIELDS = ("self", "interaction", "image", "mask", "app", "mask_mode", "area")
 
@@ -86,14 +87,16 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
 
     class Imagine(commands.Cog, name="Imagine"):
         @app_commands.command(name="imagine", description="Generate images from a prompt")
-        @app_commands.describe(**common)
+        @app_commands.describe(variation_seed="A1111's variation seed (-1: random)",
+                               variation_strength="How far toward the variation seed's image, 0-1", **common)
         @app_commands.choices(sampler=SAMPLER_CHOICES, schedule=SCHEDULE_CHOICES)
         @app_commands.autocomplete(checkpoint=checkpoint_autocomplete)
         async def imagine(self, interaction: discord.Interaction, prompt: Prompt, negative: Optional[Negative] = None,
                           checkpoint: Optional[str] = None, sampler: Optional[str] = None,
                           schedule: Optional[str] = None, steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
-                          seed: Optional[Seed] = None, count: Optional[Count] = None):
+                          seed: Optional[Seed] = None, count: Optional[Count] = None,
+                          variation_seed: Optional[Seed] = None, variation_strength: Optional[Strength] = None):
             ask = Ask(mode="txt2img", **options_to_fields(locals()))
             await submit_from_interaction(app, interaction, ask)
 
