@@ -541,41 +541,31 @@ def check_checkpoint(engine, checkpoint, source, mask, files):
             assert diff[soft == 0].max() == 0 and diff[np.array(mask) == 255].mean() > 20
 
 
-def test_sdxl_inpaint(tmp_path_factory, files):
+def engine_with(tmp_path_factory, name: str, architecture: str):
+    """An engine whose only (and default) checkpoint is a tiny model of `architecture`."""
     from generation.engine import Engine
     from generation.registry import ModelRegistry
     from generation.testing import write_test_model
 
     from conftest import make_config
 
-    root = tmp_path_factory.mktemp("xl-inpaint-models")
-    write_test_model(root / "checkpoints" / "xl", architecture="tiny-sdxl")
-    config = make_config(root, tmp_path_factory.mktemp("xl-inpaint-data"), models={"default_checkpoint": "xl"})
+    root = tmp_path_factory.mktemp(f"{name}-models")
+    write_test_model(root / "checkpoints" / name, architecture=architecture)
+    config = make_config(root, tmp_path_factory.mktemp(f"{name}-data"), models={"default_checkpoint": name})
     registry = ModelRegistry.from_config(config)
     registry.refresh()
-    engine = Engine(config=config, registry=registry)
+    return Engine(config=config, registry=registry)
+
+
+def test_sdxl_inpaint(tmp_path_factory, files):
+    engine = engine_with(tmp_path_factory, "xl", "tiny-sdxl")
     source, mask = pattern(64, 64), box_mask((64, 64), (8, 8, 40, 56))
     check_checkpoint(engine, "xl", source, mask, files)
 
 
 def test_inpainting_checkpoint(tmp_path_factory, files, monkeypatch):
-    """A 9-channel inpainting checkpoint gets the same inputs A1111 gives it (when the tiny one exists)."""
-    from generation.architectures import ARCHITECTURES
-
-    if "tiny-sd1-inpaint" not in ARCHITECTURES:
-        pytest.skip("no tiny inpainting checkpoint in this tree")
-    from generation.engine import Engine
-    from generation.registry import ModelRegistry
-    from generation.testing import write_test_model
-
-    from conftest import make_config
-
-    root = tmp_path_factory.mktemp("inpainting-models")
-    write_test_model(root / "checkpoints" / "inp", architecture="tiny-sd1-inpaint")
-    config = make_config(root, tmp_path_factory.mktemp("inpainting-data"), models={"default_checkpoint": "inp"})
-    registry = ModelRegistry.from_config(config)
-    registry.refresh()
-    engine = Engine(config=config, registry=registry)
+    """A 9-channel inpainting checkpoint gets the same inputs A1111 gives it."""
+    engine = engine_with(tmp_path_factory, "inp", "tiny-sd1-inpaint")
     source, mask = pattern(64, 64), box_mask((64, 64), (8, 8, 40, 56))
     check_checkpoint(engine, "inp", source, mask, files)
 
@@ -585,7 +575,7 @@ def test_inpainting_checkpoint(tmp_path_factory, files, monkeypatch):
 
     from generation.samplers import make_scheduler, resolve_sampler
 
-    loaded = engine.cache.get(registry.resolve("inp"))
+    loaded = engine.cache.get(engine.registry.resolve("inp"))
     pipe = loaded.pipeline_for("inpaint")
     inputs, calls = [], []
     original = type(pipe).__call__
