@@ -71,6 +71,8 @@ class LimitsConfig:
     max_schedule_texts: int = 16
     # Largest emphasis weight, explicit `(x:w)` or from nested brackets, and AND-part weight.
     max_prompt_weight: float = 10.0
+    # LoRA tags one prompt may carry (each is merged into the weights before the job runs).
+    max_loras: int = 8
     # Checking one request (parsing, tokenizing) runs off the event loop and gives up after this.
     check_deadline_s: float = 5.0
 

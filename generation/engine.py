@@ -212,7 +212,11 @@ class Engine:
         """The request's LoRA set (see `lora_set`), adding to `problems` what keeps it from working."""
         bound = self.config.limits.max_prompt_weight
         width = TEXT_ENCODER_WIDTH.get(info.architecture)
-        for tag in lora_tags(request.prompt):  # PromptError for a weight that is not a number
+        tags = lora_tags(request.prompt)  # PromptError for a weight that is not a number
+        if len(tags) > self.config.limits.max_loras:
+            problems.append(f"the prompt has {len(tags)} LoRA tags; the limit is {self.config.limits.max_loras}")
+            return ()
+        for tag in tags:
             lora = self.registry.lora(tag.name)
             if lora is None:
                 problems.append(f"there is no LoRA named {tag.name!r}; /loras lists them")

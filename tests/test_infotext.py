@@ -489,3 +489,10 @@ def test_a_longer_exif_comment_is_refused():
     data = _with_user_comment("WEBP", b"UNICODE\x00" + ("y" * (MAX_INFOTEXT_CHARS + 1)).encode("utf-16-be"))
     with pytest.raises(ImageError, match="the limit is 65,536"):
         read_infotext(data)
+
+
+@pytest.mark.parametrize("key", ["Mask blur", "Masked area padding", "Variation seed", "Variation seed strength",
+                                 "Seed resize from", "Masked content"])
+def test_newer_keys_with_hostile_values_become_warnings(key):
+    fields = to_request_fields(parse_infotext(f"a cat\nSteps: 2, Seed: 1, Size: 64x64, {key}: {'9' * 60000}"))
+    assert fields["steps"] == 2 and any(key in warning for warning in fields["warnings"])

@@ -153,6 +153,9 @@ def test_refusals_name_the_lora_and_the_checkpoint(lora_engine):
     with pytest.raises(InvalidRequest, match="LoRA weights must stay between"):
         lora_engine.check_request(tiny_request(prompt="a cat <lora:x:50>"))
     lora_engine.check_request(tiny_request(prompt="a cat", negative_prompt="<lora:nope:1>"))  # plain text there
+    many = "a cat" + " <lora:x:0.01>" * 250  # each tag is a merge on the GPU thread: capped
+    with pytest.raises(InvalidRequest, match="250 LoRA tags; the limit is 8"):
+        lora_engine.check_request(tiny_request(prompt=many))
 
 
 async def test_the_queue_prefers_jobs_whose_lora_set_is_merged(lora_models, tmp_path):
