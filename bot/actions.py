@@ -1,5 +1,5 @@
-"""Things members do to existing jobs (reroll, outpaint, delete, info), shared by buttons, reactions
-and commands (/outpaint of an uploaded picture is here too).
+"""Things members do to existing jobs (reroll, outpaint, vary, remix, use as init, delete, info),
+shared by buttons, reactions and commands (/outpaint of an uploaded picture is here too).
 
 No discord objects come in: only ids and flags, so tests call these directly.
 """
@@ -176,6 +176,169 @@ async def outpaint(app: AppContext, job_id: int, requester: Requester, *, direct
     as the requester's own job, through the one submission path. Returns the JobRecord."""
     plan = await plan_outpaint(app, job_id, requester, direction=direction, zoom=zoom)
     return await finish_outpaint(app, plan)
+
+
+# ---------------------------------------------------------------------- iteration (Midjourney-style)
+# Vary, Remix, Use as init (and Upscale): each is the presser's own new job through the one
+# submission path, built from a finished job and (for all but Remix) one of its images.
+
+VARY_KINDS = ("subtle", "strong")
+
+
+class IterationError(EaselError):
+    pass
+
+
+@dataclass(frozen=True)
+class IterationPlan:
+    """A request built from a finished job that passed every check (`Submissions.prepare`).
+    `source`: a result image to keep as the presser's upload and use as the init image (its ask's
+    init_image is PENDING_UPLOAD until `finish`); None: nothing to keep, the ask is complete."""
+
+    prepared: Prepared
+    source: Path | None = None
+    size: tuple[int, int] | None = None  # the source's size, as recorded
+
+
+async def _job_request(app: AppContext, job_id: int) -> GenerationRequest:
+    job = await app.store.jobs.get(job_id)
+    if job is None:
+        raise NotFound("that result is gone; start a new /imagine")
+    return GenerationRequest.from_dict(job.request)
+
+
+async def _image(app: AppContext, job_id: int, image_index: int):
+    images = await app.store.images.list_for_job(job_id)
+    if not images:
+        raise NotFound("that result has no images any more")
+    for image in images:
+        if image.index == image_index:
+            return image
+    raise NotFound(f"that result has no image {image_index + 1}")
+
+
+def _check_variable(request: GenerationRequest) -> None:
+    if request.mode != "txt2img":
+        raise IterationError(f"Vary works on pictures drawn from a prompt alone (txt2img); this one is "
+                             f"{'an' if request.mode[0] in 'aeiu' else 'a'} {request.mode} result. "
+                             "Try Remix or Use as init instead.")
+
+
+def _check_not_upscale(request: GenerationRequest, what: str) -> None:
+    if request.mode == "upscale":
+        raise IterationError(f"an upscale has nothing to {what}; use the button on the picture it was made from")
+
+
+async def image_choices(app: AppContext, job_id: int, *, vary: bool = False) -> list[int]:
+    """The indexes of the job's images a per-image button (Vary, Use as init, Upscale) may act on,
+    in order; the job is checked first (Vary: txt2img only), so a refusal comes before any picker."""
+    request = await _job_request(app, job_id)
+    if vary:
+        _check_variable(request)
+    images = await app.store.images.list_for_job(job_id)
+    if not images:
+        raise NotFound("that result has no images any more")
+    return sorted(image.index for image in images)
+
+
+async def plan_vary(app: AppContext, job_id: int, image_index: int, requester: Requester,
+                    strength_kind: str) -> IterationPlan:
+    """The job's request again from the chosen image's seed, with a new random variation seed at the
+    configured strength (`[defaults] vary_subtle_strength` / `vary_strong_strength`), as many images
+    as the job had. txt2img only (A1111's variation seed is)."""
+    if strength_kind not in VARY_KINDS:
+        raise IterationError(f"vary is {' or '.join(VARY_KINDS)}, not {strength_kind!r}")
+    request = await _job_request(app, job_id)
+    _check_variable(request)
+    image = await _image(app, job_id, image_index)
+    try:
+        seed = request.seeds()[image_index]  # seed + k; with a variation, the seed every image shares
+    except (ValueError, IndexError):  # not recorded with the request: the image's own
+        seed = image.seed
+    defaults = app.config.defaults
+    strength = defaults.vary_subtle_strength if strength_kind == "subtle" else defaults.vary_strong_strength
+    ask = Ask.again(request, seed=seed, subseed=None, subseed_strength=strength)
+    return IterationPlan(prepared=await app.submissions.prepare(ask, requester))
+
+
+async def vary(app: AppContext, job_id: int, image_index: int, requester: Requester, strength_kind: str):
+    """Vary (subtle/strong) one image of a finished txt2img job, as the requester's own job. Returns the JobRecord."""
+    return await finish(app, await plan_vary(app, job_id, image_index, requester, strength_kind))
+
+
+async def remix_texts(app: AppContext, job_id: int) -> tuple[str, str]:
+    """The job's prompt and negative prompt, for the Remix form."""
+    request = await _job_request(app, job_id)
+    _check_not_upscale(request, "remix")
+    return request.prompt, request.negative_prompt
+
+
+async def plan_remix(app: AppContext, job_id: int, requester: Requester, *, prompt: str,
+                     negative_prompt: str) -> IterationPlan:
+    """The job's request with new texts: its seed (so its images, changed only by the words), size,
+    count, checkpoint, sampler and every other setting kept."""
+    request = await _job_request(app, job_id)
+    _check_not_upscale(request, "remix")
+    ask = Ask.again(request, prompt=prompt, negative_prompt=negative_prompt)
+    return IterationPlan(prepared=await app.submissions.prepare(ask, requester))
+
+
+async def remix(app: AppContext, job_id: int, requester: Requester, *, prompt: str, negative_prompt: str):
+    """Generate the job again with edited texts, as the requester's own job. Returns the JobRecord."""
+    return await finish(app, await plan_remix(app, job_id, requester, prompt=prompt,
+                                              negative_prompt=negative_prompt))
+
+
+def _only_known(**fields):
+    """Those of `fields` that `Ask` has (request fields added later, such as the hires fix's)."""
+    known = {f.name for f in dataclasses.fields(Ask)}
+    return {name: value for name, value in fields.items() if name in known}
+
+
+async def plan_use_as_init(app: AppContext, job_id: int, image_index: int, requester: Requester) -> IterationPlan:
+    """img2img from the chosen image: the job's prompt, negative prompt, checkpoint, sampler, steps,
+    CFG, count and clip skip; the image's size; a new random seed; the default strength."""
+    request = await _job_request(app, job_id)
+    image = await _image(app, job_id, image_index)
+    ask = Ask.again(request, mode="img2img", init_image=PENDING_UPLOAD, mask=None, width=image.width,
+                    height=image.height, seed=None, strength=None, subseed=None, subseed_strength=0.0,
+                    seed_resize_from_w=0, seed_resize_from_h=0, mask_blur=None, mask_invert=None,
+                    masked_content=None, only_masked=None, only_masked_padding=None,
+                    **_only_known(enable_hr=False))
+    prepared = await app.submissions.prepare(ask, requester)
+    return IterationPlan(prepared=prepared, source=Path(image.path), size=(image.width, image.height))
+
+
+async def use_as_init(app: AppContext, job_id: int, image_index: int, requester: Requester):
+    """img2img from one image of a finished job, as the requester's own job. Returns the JobRecord."""
+    return await finish(app, await plan_use_as_init(app, job_id, image_index, requester))
+
+
+def _source_png(path: Path, size: tuple[int, int] | None, max_pixels: int) -> bytes:
+    """Runs off the event loop: a result image, read back and checked, as PNG."""
+    try:
+        image = load_user_image(path, max_pixels=max_pixels)
+    except ImageError:
+        raise NotFound("that result's image is no longer kept; start a new /imagine") from None
+    if size is not None and image.size != size:
+        raise IterationError("that image changed since it was checked; try again")
+    return png_bytes(image)
+
+
+async def finish(app: AppContext, plan: IterationPlan):
+    """Keep the source image (if any) as the requester's upload and queue the job (a file this call
+    created is removed again if queueing fails). Returns the JobRecord."""
+    if plan.source is None:
+        return await app.submissions.enqueue(plan.prepared)
+    png = await asyncio.to_thread(_source_png, plan.source, plan.size, app.uploads.max_pixels)
+    path, created = await app.uploads.keep_png(png, owner_id=plan.prepared.requester.user_id)
+    ask = dataclasses.replace(plan.prepared.ask, init_image=str(path))
+    try:
+        return await app.submissions.enqueue(dataclasses.replace(plan.prepared, ask=ask))
+    except BaseException:
+        if created:
+            await app.uploads.discard(path)
+        raise
 
 
 def may_delete(job, *, user_id: int, can_manage_messages: bool) -> bool:

@@ -19,6 +19,7 @@ MAX_EMBED_DESCRIPTION = 4096
 MAX_FIELD_VALUE = 1024
 MAX_CHOICE_NAME = 100
 MAX_OPTION_CHARS = 6000  # the longest text a slash-command string option may declare
+MAX_TEXT_INPUT = 4000  # the longest text a modal's text input may hold (its max_length, its value)
 
 _WHITESPACE = re.compile(r"\s+")
 

@@ -210,7 +210,7 @@ class Presenter:
                 note = f" ({len(images) - len(uploads)} image(s) were too large for this server's upload limit)"
             try:
                 message = await self._send(job, f"<@{job.owner_id}> done{note}", embed=embed, uploads=uploads,
-                                           view=result_view(job.id))
+                                           view=result_view(job.id, mode=request.mode))
                 break
             except discord.HTTPException as exc:
                 # The real limit can be lower than the guild's nominal one: drop the last image and retry.

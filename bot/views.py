@@ -156,12 +156,149 @@ class PanDownButton(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):pandown
 OUTPAINT_BUTTONS = (ZoomOut15Button, ZoomOut2Button, PanLeftButton, PanRightButton, PanUpButton, PanDownButton)
 
 
-def result_view(job_id: int) -> discord.ui.View:
-    """Row 0: Reroll, Info, Delete. Row 1: Zoom out 1.5x, 2x. Row 2: pan left, right, up, down."""
+# ---------------------------------------------------------------------- row 3: iterate on a result
+# Vary, Use as init (and Upscale) act on one image: on a job of several images they answer with an
+# ephemeral picker of number buttons (`easel:job:<id>:<action>:<index>`), on a one-image job at once.
+# Each is the presser's own new job through the one submission path; a refusal is ephemeral (before
+# any acknowledgement), the new job's progress and result replace the "thinking" reply.
+
+PICK_PROMPT = "Which image?"
+MAX_PICKER_BUTTONS = 25  # 5 rows of 5
+
+
+def _per_image_planner(action: str):
+    """action -> `plan(app, job_id, image_index, requester)` in bot/actions.py."""
+    if action in ("varysubtle", "varystrong"):
+        kind = action.removeprefix("vary")
+        return lambda app, job_id, index, requester: actions.plan_vary(app, job_id, index, requester, kind)
+    if action == "useinit":
+        return actions.plan_use_as_init
+    if action == "upscale":
+        return actions.plan_upscale
+    raise ValueError(action)
+
+
+async def act_on_image(interaction: discord.Interaction, job_id: int, action: str, image_index: int) -> None:
+    """Every check first (a refusal reaches only the presser), then "thinking", then the job."""
+    app = _app(interaction)
+    try:
+        plan = await _per_image_planner(action)(app, job_id, image_index, requester_of(interaction))
+    except Exception as exc:  # a refusal in plain words; anything else is logged and named as ours
+        await send_error(interaction, exc)
+        return
+    await interaction.response.defer(thinking=True)
+    try:
+        await actions.finish(app, plan)
+    except Exception as exc:
+        await send_error(interaction, exc)
+
+
+class PerImageButton(JobButton,
+                     template=r"easel:job:(?P<job_id>\d+):(?P<action>upscale|varysubtle|varystrong|useinit)"):
+    """Vary (subtle/strong), Use as init, Upscale: on the chosen image of the job."""
+
+    layout_row = 3
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            indexes = await actions.image_choices(_app(interaction), self.job_id,
+                                                  vary=self.action.startswith("vary"))
+        except EaselError as exc:
+            await send_error(interaction, exc)
+            return
+        if len(indexes) == 1:
+            await act_on_image(interaction, self.job_id, self.action, indexes[0])
+            return
+        await interaction.response.send_message(f"{self.emoji} {self.label}: {PICK_PROMPT}", ephemeral=True,
+                                                view=picker_view(self.job_id, self.action, indexes))
+
+
+class UpscaleButton(PerImageButton, template=r"easel:job:(?P<job_id>\d+):upscale"):
+    action, label, emoji = "upscale", "Upscale", "🔎"
+
+
+class VarySubtleButton(PerImageButton, template=r"easel:job:(?P<job_id>\d+):varysubtle"):
+    action, label, emoji = "varysubtle", "Vary (subtle)", "🌱"
+
+
+class VaryStrongButton(PerImageButton, template=r"easel:job:(?P<job_id>\d+):varystrong"):
+    action, label, emoji = "varystrong", "Vary (strong)", "🌪️"
+
+
+class UseAsInitButton(PerImageButton, template=r"easel:job:(?P<job_id>\d+):useinit"):
+    action, label, emoji = "useinit", "Use as init", "🖼️"
+
+
+class RemixButton(JobButton, template=r"easel:job:(?P<job_id>\d+):remix"):
+    """Opens the Remix form (bot/remix.py) as the first response: no defer before a modal."""
+
+    action, label, emoji, layout_row = "remix", "Remix", "🎛️", 3
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from .remix import open_remix
+
+        await open_remix(interaction, self.job_id)
+
+
+class PickImageButton(discord.ui.DynamicItem[discord.ui.Button],
+                      template=r"easel:job:(?P<job_id>\d+):(?P<action>varysubtle|varystrong|useinit|upscale)"
+                               r":(?P<index>\d+)"):
+    """A number in the ephemeral picker: the per-image action on image `index` (0-based; labelled 1..n)."""
+
+    def __init__(self, job_id: int, action: str, index: int):
+        super().__init__(discord.ui.Button(label=str(index + 1), style=discord.ButtonStyle.secondary,
+                                           custom_id=f"easel:job:{job_id}:{action}:{index}"),
+                         row=min(index // 5, 4))
+        self.job_id, self.action, self.index = job_id, action, index
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(int(match["job_id"]), match["action"], int(match["index"]))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """The DM rule, and the picker must be the ephemeral answer to a press on this job's own
+        result message (the binding rule of the result buttons, one message removed)."""
+        try:
+            if await refuse_in_dms(interaction):
+                return False
+            message = interaction.message
+            metadata = message.interaction_metadata if message is not None else None
+            pressed_on = metadata.interacted_message_id if metadata is not None else None
+            bound = (metadata is not None and message.flags.ephemeral and metadata.user.id == interaction.user.id
+                     and await actions.job_is_on_message(_app(interaction), self.job_id, pressed_on))
+            if not bound:
+                await interaction.response.send_message(NOT_THIS_MESSAGE, ephemeral=True)
+                return False
+            return True
+        except Exception as exc:  # discord.py drops errors raised here without a word
+            await send_error(interaction, exc)
+            return False
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await act_on_image(interaction, self.job_id, self.action, self.index)
+
+
+def picker_view(job_id: int, action: str, indexes: list[int]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for button in (RerollButton, InfoButton, DeleteButton, *OUTPAINT_BUTTONS):
+    for index in indexes[:MAX_PICKER_BUTTONS]:
+        view.add_item(PickImageButton(job_id, action, index))
+    return view
+
+
+ITERATION_BUTTONS = (UpscaleButton, VarySubtleButton, VaryStrongButton, RemixButton, UseAsInitButton)
+
+
+def result_view(job_id: int, *, mode: str = "txt2img") -> discord.ui.View:
+    """Row 0: Reroll, Info, Delete. Row 1: Zoom out 1.5x, 2x. Row 2: pan left, right, up, down.
+    Row 3: Upscale, Vary (subtle), Vary (strong), Remix, Use as init; the Vary buttons on txt2img
+    results only (A1111's variation seed is txt2img's), Remix not on upscales (nothing to remix)."""
+    view = discord.ui.View(timeout=None)
+    row3 = [button for button in ITERATION_BUTTONS
+            if not (button in (VarySubtleButton, VaryStrongButton) and mode != "txt2img")
+            and not (button is RemixButton and mode == "upscale")]
+    for button in (RerollButton, InfoButton, DeleteButton, *OUTPAINT_BUTTONS, *row3):
         view.add_item(button(job_id))
     return view
 
 
-DYNAMIC_ITEMS = (RerollButton, InfoButton, DeleteButton, *OUTPAINT_BUTTONS)
+DYNAMIC_ITEMS = (RerollButton, InfoButton, DeleteButton, *OUTPAINT_BUTTONS, *ITERATION_BUTTONS, PickImageButton)

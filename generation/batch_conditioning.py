@@ -27,15 +27,16 @@ class BatchConditioning:
 
     @classmethod
     def build(cls, pipe, prompts: list[tuple[str, str, int]], *, steps: int, clip_skip: int,
-              max_chunks: int) -> "BatchConditioning":
-        """`prompts`: (prompt, negative prompt, image count) per request, in batch order."""
+              max_chunks: int, first_pass_steps: int | None = None) -> "BatchConditioning":
+        """`prompts`: (prompt, negative prompt, image count) per request, in batch order.
+        `first_pass_steps`: a hires pass's conditioning (prompt editing counts on from there)."""
         encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, max_chunks=max_chunks, clip_skip=clip_skip,
                                 tokenizer_2=getattr(pipe, "tokenizer_2", None),
                                 text_encoder_2=getattr(pipe, "text_encoder_2", None))
         images: list[tuple[PromptPart, ...]] = []
         with torch.inference_mode():
             for prompt, negative, count in prompts:
-                schedules = [(encoder.encode_schedule(text, negative, steps), weight)
+                schedules = [(encoder.encode_schedule(text, negative, steps, first_pass_steps=first_pass_steps), weight)
                              for text, weight in prompt_parts(prompt)]
                 chunks = max(schedule.chunk_count for schedule, _ in schedules)  # one shape for all parts
                 images += [tuple(PromptPart(schedule.padded(chunks), weight) for schedule, weight in schedules)] * count

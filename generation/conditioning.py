@@ -336,11 +336,15 @@ class PromptEncoder:
         schedule = self.encode_schedule(prompt, negative, 1, parse=False)
         return schedule.embeds[0], schedule.negative_embeds[0]
 
-    def encode_schedule(self, prompt: str, negative: str, steps: int, *, parse: bool = True) -> ConditioningSchedule:
+    def encode_schedule(self, prompt: str, negative: str, steps: int, *, parse: bool = True,
+                        first_pass_steps: int | None = None) -> ConditioningSchedule:
         """Encodings for every step of a `steps`-step run, with prompt editing and alternation
-        (in the negative prompt too, as A1111 does); `parse=False` takes both texts as they are."""
-        prompt_entries = prompt_schedule(prompt, steps) if parse else [(steps, prompt)]
-        negative_entries = prompt_schedule(negative, steps) if parse else [(steps, negative)]
+        (in the negative prompt too, as A1111 does); `parse=False` takes both texts as they are.
+        `first_pass_steps`: this is a hires pass after a first pass of that many steps."""
+        prompt_entries = prompt_schedule(prompt, steps, first_pass_steps=first_pass_steps) if parse \
+            else [(steps, prompt)]
+        negative_entries = prompt_schedule(negative, steps, first_pass_steps=first_pass_steps) if parse \
+            else [(steps, negative)]
         positive = self._encode_texts(Counter(text for _, text in prompt_entries), "prompt")
         negatives = self._encode_texts(Counter(text for _, text in negative_entries), "negative prompt")
         chunks = max(_chunks_of(next(iter(positive.embeds.values()))), _chunks_of(next(iter(negatives.embeds.values()))))

@@ -50,6 +50,11 @@ class ModelsConfig:
     inpainting_mask_weight: float = 1.0
     allow_pickle_checkpoints: bool = False
     allow_hub_checkpoints: bool = True
+    # Upscaler models (models/upscalers/) kept loaded, and A1111's tiling of their input
+    # ("ESRGAN_tile", "ESRGAN_tile_overlap"; tile 0 = the whole image at once).
+    upscaler_cache_size: int = 2
+    upscaler_tile: int = 192
+    upscaler_tile_overlap: int = 8
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,13 @@ class LimitsConfig:
     max_loras: int = 8
     # Checking one request (parsing, tokenizing) runs off the event loop and gives up after this.
     check_deadline_s: float = 5.0
+    # Hires fix: the second pass's size (after the crop) has limits of its own.
+    max_hires_side: int = 2048
+    max_hires_pixels: int = 2048 * 2048
+    max_hires_scale: float = 4.0
+    # Upscales (/upscale, the Upscale button, `easel upscale`): largest factor and result size.
+    max_upscale_by: float = 4.0
+    max_upscale_pixels: int = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,16 @@ class DefaultsConfig:
     mask_blur: int = 4
     masked_content: str = "original"
     only_masked_padding: int = 32
+    # Hires fix, when a member turns it on without choosing: A1111's UI defaults.
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    # Upscales: the upscaler (a file stem in models/upscalers/, "Lanczos" or "Nearest") and factor.
+    upscaler: str = "Lanczos"
+    upscale_by: float = 2.0
+    # The Vary (subtle) / Vary (strong) buttons: A1111's variation strength (0-1) toward a new random
+    # variation seed, from the chosen image's seed.
+    vary_subtle_strength: float = 0.15
+    vary_strong_strength: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,10 @@ class Config:
     @property
     def loras_dir(self) -> Path:
         return self.models_dir / "loras"
+
+    @property
+    def upscalers_dir(self) -> Path:
+        return self.models_dir / "upscalers"
 
     @property
     def uploads_dir(self) -> Path:

@@ -9,6 +9,7 @@ executor's worker owns the GPU).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections import OrderedDict
@@ -27,16 +28,17 @@ from . import __version__
 from .architectures import ARCHITECTURES
 from .config import Config
 from .embeddings import EmbeddingInfo, ensure_loaded, triggers_in
-from .errors import Canceled, InvalidRequest
+from .errors import Canceled, EaselError, InvalidRequest, ModelNotFound
 from .images import load_user_image
 from .infotext import format_infotext
 from .inpainting import InpaintJob, finish_inpaint, latent_mask, prepare_inpaint
-from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache, encode_image_mean
+from .pipelines import DeviceSpec, LoadedCheckpoint, PipelineCache, decode_latents, encode_image_mean
 from .previews import latents_to_preview
 from .prompt_parser import (BREAK, LORA_TYPES, extra_network_tags, lora_tags, parse_attention, prompt_parts,
                             prompt_schedule, without_extra_networks)
 from .registry import TEXT_ENCODER_WIDTH, ModelRegistry
-from .requests import GenerationRequest, validate_request
+from .hires import LATENT_MODES, plan as plan_hires
+from .requests import GenerationRequest, upscaled_size, validate_request
 from .samplers import make_scheduler, resolve_sampler
 from .scheduler import job_cost
 
@@ -78,7 +80,8 @@ class GeneratedImage:
     index: int  # within its job
     seed: int
     image: Image.Image
-    infotext: str
+    infotext: str  # the PNG's "parameters"
+    postprocessing: str = ""  # an upscale's A1111 "postprocessing" text (its PNG's "extras" too)
 
 
 @dataclass(frozen=True)
@@ -91,16 +94,43 @@ class BatchItem:
 ProgressCallback = Callable[[Hashable, StepProgress], None]
 
 
-def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: int, loras: tuple = ()) -> tuple:
+def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: int, loras: tuple = (),
+              hires_chunks: int = 0) -> tuple:
     """Requests with equal keys can share one pipeline call and still get the images they would get alone.
 
     Embeddings are loaded per checkpoint and never block batching. The number of 77-token chunks is
     part of the key: padding a prompt with an empty chunk would change its image. So is the LoRA
-    set (`Engine.lora_set`): one UNet call runs with one set of merged weights.
+    set (`Engine.lora_set`): one UNet call runs with one set of merged weights. A hires pass adds
+    its own size, steps, upscaler, sampler, strength and chunks (`hires_chunks`).
     """
-    return (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, float(request.cfg_scale),
-            request.width, request.height, request.clip_skip,
-            float(request.strength) if request.mode != "txt2img" else None, prompt_chunks, loras)
+    key = (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, float(request.cfg_scale),
+           request.width, request.height, request.clip_skip,
+           float(request.strength) if request.mode != "txt2img" else None, prompt_chunks, loras)
+    hires = hires_plan(request)
+    if hires is not None:
+        key += (("hires", hires.upscale_to, hires.truncate, hires.steps, request.hr_upscaler,
+                 request.hr_sampler or request.sampler, float(request.strength), hires_chunks),)
+    return key
+
+
+def hires_plan(request: GenerationRequest):
+    """The request's hires pass (generation.hires.HiresPlan), or None without one."""
+    if not request.enable_hr or request.mode != "txt2img":
+        return None
+    return plan_hires(request.width, request.height, request.steps, hr_scale=request.hr_scale,
+                      hr_resize_x=request.hr_resize_x, hr_resize_y=request.hr_resize_y,
+                      hr_second_pass_steps=request.hr_second_pass_steps)
+
+
+def hires_texts(request: GenerationRequest) -> tuple[str, str]:
+    """(prompt, negative prompt) of the hires pass: A1111 uses the first pass's when left empty."""
+    return request.hr_prompt or request.prompt, request.hr_negative_prompt or request.negative_prompt
+
+
+def upscale_cost(request: GenerationRequest) -> int:
+    """What an upscale counts for fairness: one sampling step at its result's size."""
+    width, height = upscaled_size(request.width, request.height, request.upscale_by)
+    return job_cost(width, height, 1, 1)
 
 
 def model_state(checkpoint_name: str, loras: tuple) -> str:
@@ -108,9 +138,19 @@ def model_state(checkpoint_name: str, loras: tuple) -> str:
     return checkpoint_name + "".join(f" <lora:{name}:{te:g}:{unet:g}>" for name, _, te, unet in loras)
 
 
+def upscaler_state(name: str) -> str:
+    """The scheduler's affinity key of an upscale job: its upscaler model."""
+    return f"upscaler:{name}"
+
+
 def encoder_prompt(prompt: str) -> str:
     """The prompt the text encoder reads: extra-network tags removed (the infotext keeps them)."""
     return without_extra_networks(prompt)
+
+
+def _lora_uses(prompt: str) -> list[tuple]:
+    """A prompt's LoRA tags as (name, te, unet), in one order."""
+    return sorted((tag.name, float(tag.te), float(tag.unet)) for tag in lora_tags(prompt))
 
 
 def _family_label(width: int) -> str:
@@ -118,9 +158,11 @@ def _family_label(width: int) -> str:
     return labels.get(width, f"a model with {width}-wide text conditioning")
 
 
-def _distinct_texts(prompts: Sequence[str], steps: int) -> list[str]:
-    """Each text prompt editing and alternation give over `steps`, once, in order of appearance."""
-    return list(dict.fromkeys(text for prompt in prompts for _, text in prompt_schedule(prompt, steps)))
+def _distinct_texts(prompts: Sequence[str], steps: int, first_pass_steps: int | None = None) -> list[str]:
+    """Each text prompt editing and alternation give over `steps`, once, in order of appearance
+    (`first_pass_steps`: over a hires pass after that many)."""
+    return list(dict.fromkeys(text for prompt in prompts
+                              for _, text in prompt_schedule(prompt, steps, first_pass_steps=first_pass_steps)))
 
 
 @dataclass(frozen=True)
@@ -147,6 +189,19 @@ class Engine:
         self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
                                             device=DeviceSpec.choose(config.device.device))
         self._lora_files = _LoraFiles(config.models.lora_cache_size)
+        self._upscalers = None  # UpscalerCache, made on first use (GPU thread only)
+
+    @property
+    def upscalers(self):
+        """Loaded upscaler models (LRU) on the generation device; only the GPU thread uses them."""
+        if self._upscalers is None:
+            from .upscalers import UpscalerCache
+
+            models, device = self.config.models, self.cache.device
+            self._upscalers = UpscalerCache(models.upscaler_cache_size, device=device.device, dtype=device.dtype,
+                                            tile=models.upscaler_tile, overlap=models.upscaler_tile_overlap,
+                                            allow_pickle=models.allow_pickle_checkpoints)
+        return self._upscalers
 
     # ------------------------------------------------------------------ checks
     def check(self, request: GenerationRequest) -> "CheckedRequest":
@@ -156,7 +211,12 @@ class Engine:
         member text: frontends call this off the event loop."""
         limits = self.config.limits
         validate_request(request, limits)
+        if request.mode == "upscale":
+            return self._check_upscale(request)
         info = self.registry.resolve(request.checkpoint)  # raises ModelNotFound with a hint
+        hires = hires_plan(request)
+        if request.enable_hr and hires is None:  # A1111: a hires size equal to the first pass's is no pass
+            request = dataclasses.replace(request, enable_hr=False)
         problems = []
         # As in A1111, only the prompt's tags count; a tag in the negative prompt is plain text there.
         others = [tag for tag in extra_network_tags(request.prompt) if tag[1:].split(":", 1)[0] not in LORA_TYPES]
@@ -164,21 +224,39 @@ class Engine:
             problems.append(f"hypernetworks and other extra networks are not supported: {', '.join(others[:5])}; "
                             "remove them to generate without")
         uses = self._lora_problems(request, info, problems)
-        parts = prompt_parts(encoder_prompt(request.prompt))
-        if len(parts) > limits.max_prompt_parts:
-            problems.append(f"the prompt has {len(parts)} parts joined by AND; the limit is {limits.max_prompt_parts}")
-        if any(not math.isfinite(weight) or abs(weight) > limits.max_prompt_weight for _, weight in parts):
-            problems.append(f"an AND-part weight must be between -{limits.max_prompt_weight:g} and "
-                            f"{limits.max_prompt_weight:g}")
-        texts = {"prompt": _distinct_texts([text for text, _ in parts], request.steps),
-                 "negative prompt": _distinct_texts([request.negative_prompt], request.steps)
-                 if request.negative_prompt else []}
+        passes = [("", request.prompt, request.negative_prompt, request.steps, None)]
+        if hires is not None:
+            hr_prompt, hr_negative = hires_texts(request)
+            passes.append(("hires ", hr_prompt, hr_negative, hires.steps, request.steps))
+            if request.hr_prompt:  # A1111 activates the hires prompt's networks for the second pass
+                if any(tag[1:].split(":", 1)[0] not in LORA_TYPES for tag in extra_network_tags(request.hr_prompt)):
+                    problems.append("hypernetworks and other extra networks are not supported in the hires prompt")
+                if _lora_uses(request.hr_prompt) != _lora_uses(request.prompt):
+                    problems.append("the hires prompt must carry the same LoRA tags as the prompt")
+            if request.hr_upscaler not in LATENT_MODES:
+                try:
+                    self.registry.upscaler(request.hr_upscaler)
+                except ModelNotFound as exc:
+                    problems.append(f"hires upscaler: {exc}")
+        texts: dict[str, list[str]] = {}
+        part_counts = []
+        for label, prompt, negative, steps, first_pass in passes:
+            parts = prompt_parts(encoder_prompt(prompt))
+            part_counts.append(len(parts))
+            if len(parts) > limits.max_prompt_parts:
+                problems.append(f"the {label}prompt has {len(parts)} parts joined by AND; the limit is "
+                                f"{limits.max_prompt_parts}")
+            if any(not math.isfinite(weight) or abs(weight) > limits.max_prompt_weight for _, weight in parts):
+                problems.append(f"an AND-part weight must be between -{limits.max_prompt_weight:g} and "
+                                f"{limits.max_prompt_weight:g}")
+            texts[f"{label}prompt"] = _distinct_texts([text for text, _ in parts], steps, first_pass)
+            texts[f"{label}negative prompt"] = _distinct_texts([negative], steps, first_pass) if negative else []
         for what, found in texts.items():
             if len(found) > limits.max_schedule_texts:
                 problems.append(f"the {what} gives {len(found)} different texts through prompt editing or "
                                 f"alternation; the limit is {limits.max_schedule_texts}")
         if problems:  # before any further parsing or tokenizing
-            raise InvalidRequest(problems)
+            raise InvalidRequest(list(dict.fromkeys(problems)))
         plain = {what: tuple(self._plain_text(text, problems) for text in found) for what, found in texts.items()}
         width = TEXT_ENCODER_WIDTH.get(info.architecture)
         for embedding in self.embeddings_used(request):
@@ -191,22 +269,36 @@ class Engine:
                 problems.append(f"embedding {embedding.trigger} cannot be used: {embedding.skip_reason}")
         if problems:
             raise InvalidRequest(problems)
-        limit, tokens, chunks = limits.max_prompt_chunks * 75, {}, 1
+        limit, tokens, chunks = limits.max_prompt_chunks * 75, {}, {"": 1, "hires ": 1}
         with self._counter_lock:
             for what, found in texts.items():
                 tokenized = [self._token_counter.tokenize(text) for text in found]
                 tokens[what] = max([0] + [t.token_count for t in tokenized])
-                chunks = max([chunks] + [len(t.chunks) for t in tokenized])
+                label = "hires " if what.startswith("hires ") else ""
+                chunks[label] = max([chunks[label]] + [len(t.chunks) for t in tokenized])
         for what, count in tokens.items():
             if count > limit:
                 problems.append(f"the {what} is {count} tokens; the limit is {limit}")
         if problems:
             raise InvalidRequest(problems)
+        cost = job_cost(request.width, request.height, request.steps, request.count, prompt_parts=part_counts[0])
+        if hires is not None:
+            cost += job_cost(*hires.final_size, hires.steps, request.count, prompt_parts=part_counts[1])
         return CheckedRequest(
-            request=request, checkpoint=info.name, batch_key=batch_key(request, info.name, chunks, uses),
-            model_state=model_state(info.name, uses),
-            cost=job_cost(request.width, request.height, request.steps, request.count, prompt_parts=len(parts)),
-            prompt_texts=plain["prompt"], negative_texts=plain["negative prompt"], token_count=tokens["prompt"])
+            request=request, checkpoint=info.name,
+            batch_key=batch_key(request, info.name, chunks[""], uses, hires_chunks=chunks["hires "]),
+            model_state=model_state(info.name, uses), cost=cost,
+            prompt_texts=plain["prompt"] + plain.get("hires prompt", ()),
+            negative_texts=plain["negative prompt"] + plain.get("hires negative prompt", ()),
+            token_count=max(tokens["prompt"], tokens.get("hires prompt", 0)))
+
+    def _check_upscale(self, request: GenerationRequest) -> "CheckedRequest":
+        """An upscale (A1111's Extras): its upscaler exists; the key batches equal sources and factors."""
+        upscaler = self.registry.upscaler(request.upscaler)  # ModelNotFound with a hint
+        return CheckedRequest(
+            request=request, checkpoint="", cost=upscale_cost(request), prompt_texts=(), negative_texts=(),
+            batch_key=("upscale", upscaler.name, float(request.upscale_by), request.width, request.height),
+            token_count=0, model_state=upscaler_state(upscaler.name))
 
     def _lora_problems(self, request: GenerationRequest, info, problems: list[str]) -> tuple:
         """The request's LoRA set (see `lora_set`), adding to `problems` what keeps it from working."""
@@ -294,13 +386,22 @@ class Engine:
         return triggers_in(encoder_prompt(request.prompt) + "\n" + request.negative_prompt, self.registry.embeddings)
 
     def batch_key(self, request: GenerationRequest) -> tuple:
+        if request.mode == "upscale":
+            return self._check_upscale(request).batch_key
         return batch_key(request, self.registry.resolve(request.checkpoint).name, self.prompt_chunks(request),
-                         self.lora_set(request))
+                         self.lora_set(request), hires_chunks=self.prompt_chunks(request, hires=True))
 
-    def prompt_chunks(self, request: GenerationRequest) -> int:
-        """How many 77-token chunks the request's conditioning has (prompt parts and negative are padded alike)."""
-        texts = _distinct_texts([part for part, _ in prompt_parts(encoder_prompt(request.prompt))], request.steps)
-        texts += _distinct_texts([request.negative_prompt], request.steps) if request.negative_prompt else []
+    def prompt_chunks(self, request: GenerationRequest, *, hires: bool = False) -> int:
+        """How many 77-token chunks the request's conditioning has (prompt parts and negative are
+        padded alike); `hires`: its hires pass's (1 without one)."""
+        steps, first_pass, (prompt, negative) = request.steps, None, (request.prompt, request.negative_prompt)
+        if hires:
+            plan = hires_plan(request)
+            if plan is None:
+                return 1
+            steps, first_pass, (prompt, negative) = plan.steps, request.steps, hires_texts(request)
+        texts = _distinct_texts([part for part, _ in prompt_parts(encoder_prompt(prompt))], steps, first_pass)
+        texts += _distinct_texts([negative], steps, first_pass) if negative else []
         with self._counter_lock:
             return max([1] + [len(self._token_counter.tokenize(text).chunks) for text in texts])
 
@@ -348,6 +449,8 @@ class Engine:
         if not items:
             return {}
         first = items[0].request
+        if first.mode == "upscale":
+            return _UpscaleRun(engine=self, items=list(items), on_progress=on_progress).run()
         info = self.registry.resolve(first.checkpoint)
         key = self.batch_key(first)
         for item in items:
@@ -356,7 +459,7 @@ class Engine:
             if len(items) > 1 and self.batch_key(item.request) != key:
                 raise ValueError("batch items must share one batch key")
         loaded = self.cache.get(info)
-        self.merge_loras(loaded, key[-1])
+        self.merge_loras(loaded, self.lora_set(first))
         pipe = _pipeline_for(loaded, first.mode)
         used: dict[str, EmbeddingInfo] = {}
         for item in items:
@@ -379,6 +482,23 @@ def _pipeline_for(loaded: LoadedCheckpoint, mode: str):
     if mode == "inpaint" and _unet_channels(loaded.base) == 4:
         return loaded.pipeline_for("img2img")
     return loaded.pipeline_for(mode)
+
+
+def _use_noise(scheduler, noise: torch.Tensor) -> None:
+    """Make the img2img pipeline noise its initial latents with `noise` (A1111's redrawn ImageRNG
+    noise) instead of its own first draw; the generators then go on as the pipeline's would."""
+    original = scheduler.add_noise
+    used = []
+
+    def add_noise(original_samples, drawn, timesteps):
+        if not used:
+            used.append(True)
+            if drawn.shape != noise.shape:
+                raise RuntimeError("the pipeline drew noise of another shape than the hires pass made")
+            drawn = noise.to(drawn.device, drawn.dtype)
+        return original(original_samples, drawn, timesteps)
+
+    scheduler.add_noise = add_noise
 
 
 class _LatentBlend:
@@ -473,6 +593,9 @@ class _BatchRun:
         self.guidance = None  # ComposableGuidance while a composable batch runs
         self.inpaint_jobs: list[InpaintJob] | None = None  # per item, in inpaint mode
         self.blend: _LatentBlend | None = None  # in inpaint mode
+        self.hires = hires_plan(self.request)
+        self.step_offset = 0  # steps of the first pass, while the hires pass runs (progress counts on)
+        self.in_hires_pass = False
 
     def run(self) -> dict[Hashable, list[GeneratedImage] | None]:
         from .batch_conditioning import BatchConditioning
@@ -505,6 +628,8 @@ class _BatchRun:
             kwargs.update(width=request.width, height=request.height)
             if any(item.request.has_variation or item.request.has_seed_resize for item in self.items):
                 kwargs["latents"] = self._variation_latents(device, kwargs["generator"])
+            if self.hires is not None:
+                kwargs["output_type"] = "latent"
         elif request.mode == "img2img":
             limit = self.engine.config.limits.max_pixels * 4
             kwargs["image"] = [load_user_image(Path(self.items[i].request.init_image), max_pixels=limit)
@@ -519,9 +644,81 @@ class _BatchRun:
         with torch.inference_mode(), self._guidance_attached():
             output = pipe(**kwargs)
         images = output.images
+        if self.hires is not None:
+            images = self._hires_pass(images, device)
         if self.inpaint_jobs is not None:
             images = [finish_inpaint(self.inpaint_jobs[owner], image) for owner, image in zip(self.owner, images)]
         return self._split(images)
+
+    def _hires_pass(self, latents: torch.Tensor, device: DeviceSpec) -> list[Image.Image]:
+        """A1111's second pass (see generation.hires): upscale the first pass's latents (a Latent
+        mode, or decode, an upscaler, encode), crop, then img2img from fresh seeded noise at the new
+        size over exactly the last N steps of a longer schedule, with the hires prompts."""
+        from .batch_conditioning import BatchConditioning
+        from .hires import crop_latents, img2img_strength, pixels_to_uint8, second_pass_schedule, upscale_latents
+
+        request, hires, first = self.request, self.hires, self.pipe
+        pipe = _pipeline_for(self.loaded, "img2img")
+        with torch.inference_mode():
+            if request.hr_upscaler in LATENT_MODES:
+                latents = upscale_latents(latents, hires.upscale_to, request.hr_upscaler)
+            else:
+                upscaler = self.engine.registry.upscaler(request.hr_upscaler)
+                pictures = pixels_to_uint8(decode_latents(first, latents))
+                resized = [self.engine.upscalers.resize(picture, *hires.upscale_to, upscaler) for picture in pictures]
+                latents = encode_image_mean(pipe, torch.cat([_pixels(picture) for picture in resized]))
+            latents = crop_latents(latents, hires.truncate).to(device.device, device.dtype)
+        total, _ = second_pass_schedule(hires.steps, float(request.strength))
+        choice = resolve_sampler(request.hr_sampler, request.schedule) if request.hr_sampler else self.choice
+        pipe.scheduler = make_scheduler(choice, self.loaded.scheduler_config, seeds=self.seeds, steps=total)
+        noise = self._seeded_noise(tuple(latents.shape[1:]), device)
+        _use_noise(pipe.scheduler, noise)
+        self.step_offset = getattr(first, "num_timesteps", None) or request.steps
+        self.pipe, self.in_hires_pass = pipe, True
+        self.conditioning = BatchConditioning.build(
+            pipe, [(encoder_prompt(hires_texts(item.request)[0]), hires_texts(item.request)[1], item.request.count)
+                   for item in self.items],
+            steps=hires.steps, clip_skip=request.clip_skip, max_chunks=self.engine.config.limits.max_prompt_chunks,
+            first_pass_steps=request.steps)
+        prompt_embeds, negative_embeds = self.conditioning.at_step(0)
+        kwargs = dict(
+            image=latents, strength=img2img_strength(total, hires.steps), num_inference_steps=total,
+            prompt_embeds=prompt_embeds.to(device.device, device.dtype),
+            negative_prompt_embeds=negative_embeds.to(device.device, device.dtype),
+            guidance_scale=float(request.cfg_scale),
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
+            output_type="pil", callback_on_step_end=self._on_step_end,
+            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+        )
+        if self.conditioning.has_pooled:
+            pooled, negative_pooled = self.conditioning.pooled_at(0)
+            kwargs.update(pooled_prompt_embeds=pooled.to(device.device, device.dtype),
+                          negative_pooled_prompt_embeds=negative_pooled.to(device.device, device.dtype))
+            kwargs["callback_on_step_end_tensor_inputs"].append("add_text_embeds")
+        if self.loaded.info.inpainting:
+            kwargs["inpainting_mask_weight"] = self.engine.config.models.inpainting_mask_weight
+        with torch.inference_mode(), self._guidance_attached():
+            return pipe(**kwargs).images
+
+    def _seeded_noise(self, shape: tuple[int, ...], device: DeviceSpec) -> torch.Tensor:
+        """Every image's noise of `shape` as A1111's ImageRNG draws it afresh: randn(seed), or with a
+        variation seed or seed resize `variations.image_noise` (A1111 redraws both at the hires size)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        from .variations import image_noise
+
+        target = dict(device=device.device, dtype=device.dtype)
+        noises = []
+        for item in self.items:
+            asked = item.request
+            subseeds = asked.subseeds() if asked.has_variation else [None] * asked.count
+            resize = (asked.seed_resize_from_w, asked.seed_resize_from_h) if asked.has_seed_resize else None
+            for seed, subseed in zip(asked.seeds(), subseeds):
+                if asked.has_variation or asked.has_seed_resize:
+                    noises.append(image_noise(shape, seed, subseed, float(asked.subseed_strength), resize)[None].to(**target))
+                else:
+                    noises.append(randn_tensor((1, *shape), generator=torch.Generator("cpu").manual_seed(seed), **target))
+        return torch.cat(noises)
 
     def _variation_latents(self, device: DeviceSpec, generators: list[torch.Generator]) -> torch.Tensor:
         """txt2img initial noise of every image, as A1111's ImageRNG.first draws it: for a job with a
@@ -634,8 +831,10 @@ class _BatchRun:
     def _on_step_end(self, pipe, step_index: int, timestep, tensors: dict) -> dict:
         if all(item.cancel.canceled for item in self.items):
             raise Canceled(self.items[0].cancel.reason)  # stops at once, before the VAE decode
-        done = step_index + 1
-        total = getattr(pipe, "num_timesteps", None) or self.request.steps
+        done = self.step_offset + step_index + 1
+        total = self.step_offset + (getattr(pipe, "num_timesteps", None) or self.request.steps)
+        if self.hires is not None and not self.in_hires_pass:
+            total += self.hires.steps
         blended = {}
         if self.blend is not None and tensors.get("latents") is not None:
             blended["latents"] = self.blend.after_step(pipe, step_index, tensors["latents"])
@@ -657,6 +856,27 @@ class _BatchRun:
             self.guidance.step_index = step_index + 1
         return {**self.conditioning.replacements_after(step_index, tensors), **blended}
 
+    def _hires_infotext(self, request: GenerationRequest) -> list[tuple[str, str]]:
+        """A1111's hires keys, in its order; the sampler and prompts only where they differ."""
+        if self.hires is None:
+            return []
+        pairs = []
+        if request.hr_sampler and request.hr_sampler != request.sampler:
+            pairs.append(("Hires sampler", request.hr_sampler))
+        hr_prompt, hr_negative = hires_texts(request)
+        if hr_prompt != request.prompt:
+            pairs.append(("Hires prompt", hr_prompt))
+        if hr_negative != request.negative_prompt:
+            pairs.append(("Hires negative prompt", hr_negative))
+        if request.hr_resize_x or request.hr_resize_y:
+            pairs.append(("Hires resize", f"{request.hr_resize_x}x{request.hr_resize_y}"))
+        else:
+            pairs.append(("Hires upscale", str(float(request.hr_scale))))  # A1111 writes the float as str() does
+        if request.hr_second_pass_steps:
+            pairs.append(("Hires steps", str(request.hr_second_pass_steps)))
+        pairs.append(("Hires upscaler", request.hr_upscaler))
+        return pairs
+
     def _split(self, images: list[Image.Image]) -> dict[Hashable, list[GeneratedImage] | None]:
         results: dict[Hashable, list[GeneratedImage] | None] = {}
         position = 0
@@ -674,6 +894,7 @@ class _BatchRun:
             if self.loaded.info.inpainting:  # A1111 notes the mask weight of every inpainting-model run
                 # A1111 writes the float as str() does
                 extra.append(("Conditional mask weight", str(float(self.engine.config.models.inpainting_mask_weight))))
+            extra += self._hires_infotext(request)
             extra += [("Lora hashes", lora_hashes)] if lora_hashes else []
             info = self.loaded.info
             seeds = request.seeds()
@@ -687,12 +908,56 @@ class _BatchRun:
                     model_hash=info.short_hash, model=info.name, variation_seed=subseeds[i],
                     variation_seed_strength=request.subseed_strength if request.has_variation else None,
                     seed_resize_from=resize,
-                    denoising_strength=request.strength if request.mode != "txt2img" else None,
+                    denoising_strength=request.strength if request.mode != "txt2img" or self.hires else None,
                     clip_skip=request.clip_skip, ti_hashes=ti_hashes or None, version=f"easel {__version__}",
                     extra=extra,
                 ))
                 for i, image in enumerate(chunk)
             ]
+        return results
+
+
+class _UpscaleRun:
+    """Upscale jobs (A1111's Extras "upscale by"), one image each, on the GPU thread: the source
+    keeps its "parameters"; the result adds A1111's postprocessing keys."""
+
+    def __init__(self, *, engine: Engine, items: list[BatchItem], on_progress: ProgressCallback | None):
+        self.engine = engine
+        self.items = items
+        self.on_progress = on_progress
+
+    def run(self) -> dict[Hashable, list[GeneratedImage] | None]:
+        from .infotext import read_infotext
+        from .upscalers import postprocess_infotext
+
+        results: dict[Hashable, list[GeneratedImage] | None] = {}
+        limit = self.engine.config.limits.max_upscale_pixels
+        for item in self.items:
+            if item.cancel.canceled:
+                results[item.key] = None
+                continue
+            request = item.request
+            upscaler = self.engine.registry.upscaler(request.upscaler)
+            path = Path(request.init_image)
+            source = load_user_image(path, max_pixels=limit).convert("RGB")
+            image = self.engine.upscalers.upscale(source, upscaler, float(request.upscale_by),
+                                                  cancel=lambda: item.cancel.canceled)
+            if item.cancel.canceled:
+                results[item.key] = None
+                continue
+            try:  # our own PNGs, or a member's upload that passed the same reader at submit time
+                parameters = read_infotext(path.read_bytes(), max_pixels=limit) or ""
+            except EaselError:
+                parameters = ""
+            results[item.key] = [GeneratedImage(index=0, seed=request.seed, image=image, infotext=parameters,
+                                                postprocessing=postprocess_infotext(request.upscale_by, upscaler.name))]
+            if self.on_progress is not None:
+                try:
+                    self.on_progress(item.key, StepProgress(step=1, total=1))
+                except Exception:
+                    log.exception("progress callback failed")
+        if all(result is None for result in results.values()):
+            raise Canceled(self.items[0].cancel.reason)
         return results
 
 

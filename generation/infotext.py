@@ -366,7 +366,9 @@ def to_request_fields(info: Infotext) -> dict:
     valid; a value that does not parse is left out and described in "warnings". A1111's inpaint
     keys map to the request's names: Mask blur -> mask_blur, Mask mode -> mask_invert, Masked
     content -> masked_content, Inpaint area -> only_masked, Masked area padding ->
-    only_masked_padding (A1111 writes each only when it is not the plain case).
+    only_masked_padding (A1111 writes each only when it is not the plain case). The hires keys
+    map to A1111's API names (hr_scale, hr_resize_x/_y, hr_second_pass_steps, hr_upscaler,
+    hr_sampler, hr_prompt, hr_negative_prompt), with enable_hr when A1111's paste would set it.
     """
     fields: dict = {
         "prompt": info.prompt,
@@ -398,10 +400,15 @@ def to_request_fields(info: Infotext) -> dict:
         "Schedule type": "schedule_type",
         "Model": "model",
         "Model hash": "model_hash",
+        "Hires sampler": "hr_sampler",
+        "Hires upscaler": "hr_upscaler",
+        "Hires prompt": "hr_prompt",
+        "Hires negative prompt": "hr_negative_prompt",
     }
-    integer_fields = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip", "Variation seed": "subseed"}
+    integer_fields = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip", "Variation seed": "subseed",
+                      "Hires steps": "hr_second_pass_steps"}
     decimal_fields = {"CFG scale": "cfg_scale", "Denoising strength": "denoising_strength",
-                      "Variation seed strength": "subseed_strength"}
+                      "Variation seed strength": "subseed_strength", "Hires upscale": "hr_scale"}
     # A1111's inpaint keys (processing.py init), each written only when it differs from the plain
     # case, read as A1111's paste reads them (infotext_utils: the img2img tab's fields).
     integer_inpaint_fields = {"Mask blur": "mask_blur", "Masked area padding": "only_masked_padding"}
@@ -431,6 +438,11 @@ def to_request_fields(info: Infotext) -> dict:
                 fields[name] = choices[raw]
             else:
                 warnings.append(f"{key}: {_shorten(raw)!r} is not one of {', '.join(choices)}, ignored")
+        elif key == "Hires resize":  # A1111 writes WxH, either side 0 (keep the aspect ratio)
+            if len(raw) <= 2 * _MAX_INTEGER_CHARS + 1 and (match := _IMAGE_SIZE.fullmatch(raw)):
+                fields["hr_resize_x"], fields["hr_resize_y"] = int(match[1]), int(match[2])
+            else:
+                warnings.append(f"Hires resize: {_shorten(raw)!r} is not WIDTHxHEIGHT, ignored")
         elif key == "Seed resize from":
             if len(raw) <= 2 * _MAX_INTEGER_CHARS + 1 and (match := _IMAGE_SIZE.fullmatch(raw)):
                 fields["seed_resize_from_w"], fields["seed_resize_from_h"] = int(match[1]), int(match[2])
@@ -446,6 +458,9 @@ def to_request_fields(info: Infotext) -> dict:
         else:
             extra[key] = value
 
+    # A1111's paste turns the hires fix on when the denoising strength comes with a hires key.
+    if "denoising_strength" in fields and {"hr_scale", "hr_upscaler", "hr_resize_x"} & set(fields):
+        fields["enable_hr"] = True
     fields["extra"] = extra
     fields["warnings"] = warnings
     return fields
@@ -454,15 +469,20 @@ def to_request_fields(info: Infotext) -> dict:
 # --------------------------------------------------------------------------- image files
 
 
-def png_with_infotext(image: Image.Image, text: str, *, compress_level: int = 6) -> bytes:
-    """Encode `image` as PNG with `text` in the "parameters" chunk.
+def png_with_infotext(image: Image.Image, text: str, *, compress_level: int = 6, postprocessing: str = "") -> bytes:
+    """Encode `image` as PNG with `text` in the "parameters" chunk (left out when empty), and
+    `postprocessing` (an upscale's keys) in "postprocessing" and "extras", as A1111's Extras saves.
 
     Pillow writes tEXt when the text is latin-1 and iTXt (UTF-8) otherwise, so any text survives.
     """
     if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     metadata = PngImagePlugin.PngInfo()
-    metadata.add_text("parameters", text)
+    if text:
+        metadata.add_text("parameters", text)
+    if postprocessing:
+        metadata.add_text("postprocessing", postprocessing)
+        metadata.add_text("extras", postprocessing)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=metadata, compress_level=compress_level)
     return buffer.getvalue()

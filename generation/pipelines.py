@@ -76,6 +76,31 @@ def encode_image_mean(pipe, pixels: torch.Tensor) -> torch.Tensor:
     return latents * config.scaling_factor
 
 
+def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] pixels [B, 3, H, W] (float32) of latents as the pipelines scale them: the inverse of
+    `encode_image_mean`, with the same float32 fallback for an SDXL VAE that overflows in float16."""
+    vae = pipe.vae
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and hasattr(pipe, "text_encoder_2")
+    config = vae.config
+    latents = latents.to(torch.float32)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    with torch.no_grad():
+        if upcast:
+            vae.to(dtype=torch.float32)
+        try:
+            return vae.decode(latents.to(vae.device, torch.float32 if upcast else dtype)).sample.to(torch.float32)
+        finally:
+            if upcast:
+                vae.to(dtype=dtype)
+
+
 @functools.cache
 def full_mask_pipeline_class(inpaint_class: type) -> type:
     """txt2img and img2img on a dedicated inpainting checkpoint, as A1111 runs them.

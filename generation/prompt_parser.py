@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 from .errors import PromptError
 
@@ -406,52 +406,62 @@ class _ScheduleParser:
         return _Group(tuple(children))
 
 
-def _end_step(when: str, steps: int) -> int:
+class _Clock(NamedTuple):
+    """How `when` numbers read: A1111 counts a hires pass's schedule on from the first pass."""
+
+    steps: int  # steps of this pass
+    int_offset: int = 0  # the first pass's steps, in a hires pass
+    fraction_offset: float = 0.0  # 1.0 in a hires pass: 1.5 is half-way through it
+
+
+def _end_step(when: str, clock: _Clock) -> int:
     """The last step of the `from` part: a number with a decimal point is a fraction of the steps
     (A1111 v1.8+ rule; `[a:b:1.0]` never switches), anything else an absolute step."""
     value = float(when)
     if "." in when:
-        value *= steps
+        value = (value - clock.fraction_offset) * clock.steps
+    else:
+        value -= clock.int_offset
     if math.isinf(value):
-        return steps if value > 0 else -1
-    return min(steps, int(value))
+        return clock.steps if value > 0 else -1
+    return min(clock.steps, int(value))
 
 
-def _collect_steps(nodes: tuple[_Node, ...], steps: int, found: set[int]) -> None:
+def _collect_steps(nodes: tuple[_Node, ...], clock: _Clock, found: set[int]) -> None:
     for node in nodes:
         if isinstance(node, _Scheduled):
-            end = _end_step(node.when, steps)
+            end = _end_step(node.when, clock)
             if end >= 1:
                 found.add(end)
             if node.before is not None:
-                _collect_steps(node.before, steps, found)
-            _collect_steps(node.after, steps, found)
+                _collect_steps(node.before, clock, found)
+            _collect_steps(node.after, clock, found)
         elif isinstance(node, _Alternate):
-            found.update(range(1, steps + 1))
+            found.update(range(1, clock.steps + 1))
             for option in node.options:
-                _collect_steps(option, steps, found)
+                _collect_steps(option, clock, found)
         elif isinstance(node, _Group):
-            _collect_steps(node.children, steps, found)
+            _collect_steps(node.children, clock, found)
 
 
-def _text_at(nodes: tuple[_Node, ...], step: int, steps: int) -> str:
+def _text_at(nodes: tuple[_Node, ...], step: int, clock: _Clock) -> str:
     parts: list[str] = []
     for node in nodes:
         if isinstance(node, _Literal):
             parts.append(node.text)
         elif isinstance(node, _Group):
-            parts.append(_text_at(node.children, step, steps))
+            parts.append(_text_at(node.children, step, clock))
         elif isinstance(node, _Scheduled):
-            if step <= _end_step(node.when, steps):
-                parts.append(_text_at(node.before or (), step, steps))
+            if step <= _end_step(node.when, clock):
+                parts.append(_text_at(node.before or (), step, clock))
             else:
-                parts.append(_text_at(node.after, step, steps))
+                parts.append(_text_at(node.after, step, clock))
         else:
-            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, steps))
+            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, clock))
     return "".join(parts)
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+def prompt_schedule(prompt: str, steps: int, *, first_pass_steps: int | None = None) -> list[tuple[int, str]]:
     """(last step, text) pairs for prompt editing and alternation, as A1111's
     get_learned_conditioning_prompt_schedules gives them (steps counted from 1).
 
@@ -462,18 +472,25 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     >>> prompt_schedule("a [b:3]", 10)
     [(3, 'a '), (10, 'a b')]
 
+    For a hires pass of `steps` after a first pass of `first_pass_steps`, A1111 counts on: a step
+    number n means step n - first_pass_steps of this pass, a fraction f means (f - 1) of it.
+
+    >>> prompt_schedule("a [b:25]", 10, first_pass_steps=20)
+    [(5, 'a '), (10, 'a b')]
+
     At 0-based sampling step i, A1111 uses the first entry whose last step >= i (see
     `entry_for_step`).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    clock = _Clock(steps) if first_pass_steps is None else _Clock(steps, first_pass_steps, 1.0)
     try:
         nodes = _ScheduleParser(prompt).parse()
     except (_NoParse, _TooDeep):
         return [(steps, prompt)]
     end_steps = {steps}
-    _collect_steps(nodes, steps, end_steps)
-    return [(end, _text_at(nodes, end, steps)) for end in sorted(end_steps)]
+    _collect_steps(nodes, clock, end_steps)
+    return [(end, _text_at(nodes, end, clock)) for end in sorted(end_steps)]
 
 
 def entry_for_step(end_steps: list[int], step_index: int) -> int:

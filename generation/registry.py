@@ -36,15 +36,17 @@ class ModelSnapshot:
     skipped: tuple[SkippedFile, ...] = ()
     embeddings: tuple[EmbeddingInfo, ...] = ()
     loras: tuple[LoraInfo, ...] = ()
+    upscalers: tuple = ()  # UpscalerInfo: the built-in ones, then models/upscalers/
 
 
 class ModelRegistry:
     def __init__(self, *, checkpoints_dir: Path, embeddings_dir: Path, default_checkpoint: str = "",
                  allow_pickle: bool = False, allow_hub: bool = True, hash_cache: HashCache | None = None,
-                 loras_dir: Path | None = None):
+                 loras_dir: Path | None = None, upscalers_dir: Path | None = None):
         self.checkpoints_dir = checkpoints_dir
         self.embeddings_dir = embeddings_dir
         self.loras_dir = loras_dir  # None: no LoRAs
+        self.upscalers_dir = upscalers_dir  # None: only the built-in upscalers
         self._default = default_checkpoint
         self._allow_pickle = allow_pickle
         self._allow_hub = allow_hub
@@ -55,7 +57,8 @@ class ModelRegistry:
     def from_config(cls, config, hash_cache: HashCache | None = None) -> "ModelRegistry":
         return cls(checkpoints_dir=config.checkpoints_dir, embeddings_dir=config.embeddings_dir,
                    default_checkpoint=config.models.default_checkpoint, allow_pickle=config.models.allow_pickle_checkpoints,
-                   allow_hub=config.models.allow_hub_checkpoints, hash_cache=hash_cache, loras_dir=config.loras_dir)
+                   allow_hub=config.models.allow_hub_checkpoints, hash_cache=hash_cache, loras_dir=config.loras_dir,
+                   upscalers_dir=config.upscalers_dir)
 
     @property
     def snapshot(self) -> ModelSnapshot:
@@ -69,7 +72,11 @@ class ModelRegistry:
                                      hash_cache=hash_cache)
         loras = scan_loras(self.loras_dir, allow_pickle=self._allow_pickle, hash_cache=hash_cache,
                            expected_widths=lora_widths(checkpoints)) if self.loras_dir is not None else []
-        self._snapshot = ModelSnapshot(tuple(checkpoints), tuple(skipped), tuple(embeddings), tuple(loras))
+        from .upscalers import scan_upscalers
+
+        upscalers = scan_upscalers(self.upscalers_dir, allow_pickle=self._allow_pickle)
+        self._snapshot = ModelSnapshot(tuple(checkpoints), tuple(skipped), tuple(embeddings), tuple(loras),
+                                       tuple(upscalers))
         return self._snapshot
 
     def _default_of(self, checkpoints) -> CheckpointInfo | None:
@@ -93,6 +100,27 @@ class ModelRegistry:
     @property
     def loras(self) -> tuple[LoraInfo, ...]:
         return self._snapshot.loras
+
+    @property
+    def upscalers(self) -> tuple:
+        """UpscalerInfo of every upscaler, usable or not, in A1111's order (built-in ones first)."""
+        if not self._snapshot.upscalers:
+            from .upscalers import scan_upscalers
+
+            return tuple(scan_upscalers(None, allow_pickle=False))  # before the first refresh: the built-in ones
+        return self._snapshot.upscalers
+
+    def upscaler(self, name: str):
+        """A usable upscaler by name (as A1111 lists them); ModelNotFound with a hint otherwise."""
+        found = next((info for info in self.upscalers if info.name == name), None)
+        if found is not None and found.usable:
+            return found
+        if found is not None:
+            raise ModelNotFound(f"upscaler {name!r} cannot be used: {found.skip_reason}")
+        known = [info.name for info in self.upscalers if info.usable]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(known[:10])}"
+        raise ModelNotFound(f"unknown upscaler {name!r}{hint}")
 
     def default_name(self) -> str:
         default = self._default_of(self._snapshot.checkpoints)

@@ -10,8 +10,8 @@ from typing import Any, Literal, Mapping
 from .config import DefaultsConfig, LimitsConfig
 from .errors import EaselError, InvalidRequest
 
-Mode = Literal["txt2img", "img2img", "inpaint"]
-MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint")
+Mode = Literal["txt2img", "img2img", "inpaint", "upscale"]
+MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "upscale")
 # A1111's "Masked content" choices, in A1111's order (its API sends the index as `inpainting_fill`).
 MASKED_CONTENT: tuple[str, ...] = ("fill", "original", "latent noise", "latent nothing")
 MAX_MASK_BLUR = 64
@@ -54,6 +54,24 @@ class GenerationRequest:
     subseed_strength: float = 0.0
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
+    # A1111's hires fix (txt2img; its API names): generate at width x height, upscale to hr_scale
+    # times that, or to hr_resize_x x hr_resize_y (one 0: keep the aspect; both: cover, then crop),
+    # with hr_upscaler (a Latent mode or an upscaler), then an img2img pass of `strength` (A1111's
+    # denoising_strength) over hr_second_pass_steps (0: `steps`). Empty hr_sampler, hr_prompt,
+    # hr_negative_prompt: the first pass's.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_sampler: str = ""
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    # Mode "upscale" (A1111's Extras): init_image upscaled `upscale_by` times with `upscaler`;
+    # width x height is the source's size. The prompt is the source's, kept for the record.
+    upscaler: str = "Lanczos"
+    upscale_by: float = 2.0
 
     @property
     def has_variation(self) -> bool:
@@ -114,8 +132,13 @@ def length_problems(prompt: str, negative_prompt: str, limits: LimitsConfig) -> 
             if len(text) > limits.max_prompt_chars]
 
 
+MAX_NAME_CHARS = 200  # an upscaler's or sampler's name
+
+
 def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[str]:
     """Every rule the request breaks, in field order; empty when it is valid."""
+    if request.mode == "upscale":
+        return upscale_problems(request, limits)
     problems: list[str] = []
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         problems.append("the prompt is empty")
@@ -192,7 +215,86 @@ def request_problems(request: GenerationRequest, limits: LimitsConfig) -> list[s
         problems.append(f"the only-masked padding must be from 0 to {MAX_ONLY_MASKED_PADDING} pixels")
     if request.mask and request.mode != "inpaint":
         problems.append("a mask needs mode inpaint")
+    return problems + hires_problems(request, limits)
+
+
+def hires_problems(request: GenerationRequest, limits: LimitsConfig) -> list[str]:
+    """The hires fix's own rules (its upscaler's name is checked against the models by the engine)."""
+    if not isinstance(request.enable_hr, bool):
+        return ["enable_hr must be true or false"]
+    if not request.enable_hr:
+        return []
+    if request.mode != "txt2img":
+        return ["the hires fix works with txt2img only"]
+    problems = []
+    if not _is_number(request.hr_scale) or not 1.0 <= request.hr_scale <= limits.max_hires_scale:
+        problems.append(f"the hires scale must be from 1 to {limits.max_hires_scale:g}")
+    resize = (request.hr_resize_x, request.hr_resize_y)
+    if not all(_is_int(value) and 0 <= value <= limits.max_hires_side for value in resize):
+        problems.append(f"the hires resize width and height must be whole numbers from 0 to {limits.max_hires_side}")
+    if not _is_int(request.hr_second_pass_steps) or not 0 <= request.hr_second_pass_steps <= limits.max_steps:
+        problems.append(f"hires steps must be from 0 (the same as steps) to {limits.max_steps}")
+    if not _is_number(request.strength) or not 0.0 < request.strength <= 1.0:
+        problems.append("the hires denoising strength must be above 0 and at most 1")
+    for name in ("hr_upscaler", "hr_sampler"):
+        if not isinstance(getattr(request, name), str) or len(getattr(request, name)) > MAX_NAME_CHARS:
+            problems.append(f"{name} must be a name")
+    if not problems and request.hr_sampler:
+        try:
+            from .samplers import resolve_sampler
+
+            resolve_sampler(request.hr_sampler, request.schedule)
+        except EaselError as exc:
+            problems.append(f"hires sampler: {exc}")
+    for what, text in (("hires prompt", request.hr_prompt), ("hires negative prompt", request.hr_negative_prompt)):
+        if not isinstance(text, str):
+            problems.append(f"the {what} must be text")
+        elif len(text) > limits.max_prompt_chars:
+            problems.append(f"the {what} has {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
+    if problems or not all(_is_int(v) for v in (request.width, request.height, request.steps)):
+        return problems
+    from .hires import plan
+
+    hires = plan(request.width, request.height, request.steps, hr_scale=request.hr_scale,
+                 hr_resize_x=request.hr_resize_x, hr_resize_y=request.hr_resize_y,
+                 hr_second_pass_steps=request.hr_second_pass_steps)
+    if hires is not None:
+        width, height = hires.final_size
+        sides = (*hires.upscale_to, width, height)
+        if min(sides) < limits.min_size or max(sides) > limits.max_hires_side:
+            problems.append(f"the hires size {width}x{height} must have sides from {limits.min_size} "
+                            f"to {limits.max_hires_side}")
+        elif max(width * height, hires.upscale_to[0] * hires.upscale_to[1]) > limits.max_hires_pixels:
+            problems.append(f"the hires size {width}x{height} is over {limits.max_hires_pixels:,} pixels")
     return problems
+
+
+def upscale_problems(request: GenerationRequest, limits: LimitsConfig) -> list[str]:
+    """Rules of an upscale job: a source image of width x height, a factor, a named upscaler."""
+    problems = []
+    if not request.init_image or request.mask:
+        problems.append("an upscale needs one image and no mask")
+    if not isinstance(request.upscaler, str) or not request.upscaler or len(request.upscaler) > MAX_NAME_CHARS:
+        problems.append("name an upscaler (/upscalers lists them)")
+    if not _is_number(request.upscale_by) or not 1.0 <= request.upscale_by <= limits.max_upscale_by:
+        problems.append(f"the upscale factor must be from 1 to {limits.max_upscale_by:g}")
+    if not all(_is_int(v) and v >= 1 for v in (request.width, request.height)):
+        problems.append("the source image's size must be known")
+    elif not problems:
+        width, height = upscaled_size(request.width, request.height, request.upscale_by)
+        if min(width, height) < 8:
+            problems.append(f"{request.width}x{request.height} is too small to upscale {request.upscale_by:g}x")
+        elif width * height > limits.max_upscale_pixels:
+            problems.append(f"{request.width}x{request.height} upscaled {request.upscale_by:g}x is {width}x{height}, "
+                            f"over {limits.max_upscale_pixels:,} pixels; choose a smaller factor")
+    if not isinstance(request.prompt, str) or len(request.prompt) > limits.max_prompt_chars:
+        problems.append("the prompt kept with an upscale is too long")
+    return problems
+
+
+def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """A1111's Extras size for "upscale by" (Upscaler.upscale's dest): int(side * scale) // 8 * 8."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
 
 
 def validate_request(request: GenerationRequest, limits: LimitsConfig) -> GenerationRequest:

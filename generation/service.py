@@ -449,7 +449,7 @@ def _write_images(folder: Path, images) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for image in images:
-        data = png_with_infotext(image.image, image.infotext)
+        data = png_with_infotext(image.image, image.infotext, postprocessing=image.postprocessing)
         path = folder / f"{image.index}-{image.seed}.png"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)

@@ -183,12 +183,14 @@ def test_parses_a_real_a1111_infotext():
         "model": "anything-v5",
         "denoising_strength": 0.45,
         "clip_skip": 2,
+        # the hires keys, as A1111's paste reads them (the denoising strength turns the fix on)
+        "enable_hr": True,
+        "hr_scale": 2.0,
+        "hr_second_pass_steps": 15,
+        "hr_upscaler": "R-ESRGAN 4x+ Anime6B",
         "extra": {
             "VAE hash": "735e4c3a44",
             "VAE": "vae-ft-mse-840000-ema-pruned.safetensors",
-            "Hires upscale": "2",
-            "Hires steps": "15",
-            "Hires upscaler": "R-ESRGAN 4x+ Anime6B",
             "Lora hashes": "add_detail: 7c6bad76eb54",
             "TI hashes": "easynegative: c74b4e810b03",
             "Version": "v1.10.1",
@@ -267,14 +269,15 @@ def test_whitespace_at_line_edges_is_the_one_thing_lost():
 def test_request_fields_round_trip_from_our_own_output():
     text = render(
         "p", "n", model="m, 1", model_hash="abc", denoising_strength=0.5, clip_skip=3,
-        extra=[("Hires steps", 10)],
+        extra=[("Hires steps", 10), ("Face restoration", "CodeFormer")],
     )  # fmt: skip
     fields = to_request_fields(parse_infotext(text))
     assert fields["cfg_scale"] == 7.0 and isinstance(fields["cfg_scale"], float)
     assert (fields["width"], fields["height"]) == (512, 768)
     assert fields["model"] == "m, 1"
     assert fields["clip_skip"] == 3
-    assert fields["extra"] == {"Hires steps": "10", "Version": "easel 0.1.0"}
+    assert fields["hr_second_pass_steps"] == 10
+    assert fields["extra"] == {"Face restoration": "CodeFormer", "Version": "easel 0.1.0"}
     assert fields["warnings"] == []
 
 

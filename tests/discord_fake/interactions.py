@@ -339,9 +339,17 @@ def modal_submit_components(modal: dict[str, Any], values: dict[str, Any]) -> li
         missing.discard(custom_id)
         given = values.get(custom_id)
         if kind == 4:
-            if given is None and component.get("required", True):
+            if custom_id not in values:  # left as the form showed it
+                given = component.get("value")
+            text = "" if given is None else str(given)
+            # Discord's client sends nothing it would not accept: a required field filled in, and
+            # every field within its min_length/max_length.
+            if not text and component.get("required", True):
                 raise InvalidInvocation(f"modal field {custom_id!r} is required")
-            answer["value"] = "" if given is None else str(given)
+            low, high = component.get("min_length") or 0, component.get("max_length") or 4000
+            if text and not low <= len(text) <= high:
+                raise InvalidInvocation(f"modal field {custom_id!r} takes {low}-{high} characters, not {len(text)}")
+            answer["value"] = text
         else:
             answer["values"] = [] if given is None else [str(v) for v in given]
         return answer

@@ -41,10 +41,16 @@ MAX_CHOICES = 25
 MAX_GLOBAL_CHAT_COMMANDS = 100
 MAX_CONTEXT_MENU_COMMANDS = 5
 MAX_MODAL_TITLE = 45
+MAX_MODAL_LABEL = 45
+MAX_LABEL_DESCRIPTION = 100
+MAX_TEXT_INPUT = 4000
+MAX_TEXT_INPUT_PLACEHOLDER = 100
 
 BUTTON = 2
 SELECT_TYPES = frozenset({3, 5, 6, 7, 8})
 TEXT_INPUT = 4
+TEXT_DISPLAY = 10
+LABEL = 18
 V2_TOP_LEVEL = frozenset({1, 9, 10, 12, 13, 14, 17})
 LINK_STYLE = 5
 PREMIUM_STYLE = 6
@@ -552,4 +558,57 @@ def validate_modal(data: Any) -> None:
     components = data.get("components") or []
     if not 1 <= len(components) <= 5:
         errors.bad_length(("data", "components"), 1, 5)
+    seen_ids: set[str] = set()
+    for index, component in enumerate(components):
+        path = ("data", "components", index)
+        kind = component.get("type")
+        if kind == 1:  # the older layout: an action row holding one text input, labelled by itself
+            children = component.get("components") or []
+            if len(children) != 1:
+                errors.bad_length((*path, "components"), 1, 1)
+            for child_index, child in enumerate(children):
+                _validate_text_input(child, (*path, "components", child_index), errors, seen_ids, labelled=False)
+        elif kind == LABEL:
+            if not 1 <= _length(component.get("label")) <= MAX_MODAL_LABEL:
+                errors.bad_length((*path, "label"), 1, MAX_MODAL_LABEL)
+            if _length(component.get("description")) > MAX_LABEL_DESCRIPTION:
+                errors.max_length((*path, "description"), MAX_LABEL_DESCRIPTION)
+            child = component.get("component")
+            if not isinstance(child, dict):
+                errors.required((*path, "component"))
+            elif child.get("type") == TEXT_INPUT:
+                _validate_text_input(child, (*path, "component"), errors, seen_ids, labelled=True)
+        elif kind != TEXT_DISPLAY:
+            errors.add((*path, "type"), "COMPONENT_TYPE_INVALID", f"Component type {kind} is not valid in a modal")
     errors.raise_if_any()
+
+
+def _validate_text_input(component: dict[str, Any], path: tuple[str | int, ...], errors: FormErrors,
+                         seen_ids: set[str], *, labelled: bool) -> None:
+    """A modal's text input: its documented limits (4000 characters at most, in every sense)."""
+    if component.get("type") != TEXT_INPUT:
+        errors.add((*path, "type"), "COMPONENT_TYPE_INVALID", "An action row in a modal holds a text input")
+        return
+    custom_id = component.get("custom_id")
+    if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
+        errors.bad_length((*path, "custom_id"), 1, MAX_CUSTOM_ID)
+    elif custom_id in seen_ids:
+        errors.add((*path, "custom_id"), "COMPONENT_CUSTOM_ID_DUPLICATED", "Component custom id cannot be duplicated")
+    else:
+        seen_ids.add(custom_id)
+    if component.get("style") not in (1, 2):
+        errors.add((*path, "style"), "BASE_TYPE_CHOICES", "Value must be one of {1, 2}.")
+    label = component.get("label")
+    if labelled and label is not None:
+        errors.add((*path, "label"), "TEXT_INPUT_LABEL_NOT_ALLOWED", "A text input in a label has no label of its own")
+    elif not labelled and not 1 <= _length(label) <= MAX_MODAL_LABEL:
+        errors.bad_length((*path, "label"), 1, MAX_MODAL_LABEL)
+    min_length, max_length = component.get("min_length"), component.get("max_length")
+    if min_length is not None and not (isinstance(min_length, int) and 0 <= min_length <= MAX_TEXT_INPUT):
+        errors.add((*path, "min_length"), "NUMBER_TYPE_MAX", f"int value should be between 0 and {MAX_TEXT_INPUT}.")
+    if max_length is not None and not (isinstance(max_length, int) and 1 <= max_length <= MAX_TEXT_INPUT):
+        errors.add((*path, "max_length"), "NUMBER_TYPE_MAX", f"int value should be between 1 and {MAX_TEXT_INPUT}.")
+    if _length(component.get("value")) > MAX_TEXT_INPUT:
+        errors.max_length((*path, "value"), MAX_TEXT_INPUT)
+    if _length(component.get("placeholder")) > MAX_TEXT_INPUT_PLACEHOLDER:
+        errors.max_length((*path, "placeholder"), MAX_TEXT_INPUT_PLACEHOLDER)
