@@ -179,8 +179,10 @@ async def outpaint(app: AppContext, job_id: int, requester: Requester, *, direct
 
 
 # ---------------------------------------------------------------------- iteration (Midjourney-style)
-# Vary, Remix, Use as init (and Upscale): each is the presser's own new job through the one
-# submission path, built from a finished job and (for all but Remix) one of its images.
+# Vary, Remix, Use as init and Upscale: each is the presser's own new job through the one
+# submission path (`plan_*` = `Submissions.prepare`, every check and no I/O worth waiting for, so a
+# button runs it before acknowledging; `finish` = `Submissions.enqueue`), built from a finished job
+# and, for all but Remix, one of its images.
 
 VARY_KINDS = ("subtle", "strong")
 
@@ -190,14 +192,26 @@ class IterationError(EaselError):
 
 
 @dataclass(frozen=True)
-class IterationPlan:
-    """A request built from a finished job that passed every check (`Submissions.prepare`).
-    `source`: a result image to keep as the presser's upload and use as the init image (its ask's
-    init_image is PENDING_UPLOAD until `finish`); None: nothing to keep, the ask is complete."""
+class ResultImage:
+    """A finished job's image file as an upload (`generation.uploads.ImageInput`): it declares what
+    the database recorded, and the submission path checks, reads and keeps it as the presser's own
+    upload, as any attachment (an earlier job's images are not uploads, and may be deleted later)."""
 
-    prepared: Prepared
-    source: Path | None = None
-    size: tuple[int, int] | None = None  # the source's size, as recorded
+    path: Path
+    width: int
+    height: int
+    size: int
+    content_type: str = "image/png"
+
+    @classmethod
+    def of(cls, image) -> "ResultImage":
+        return cls(path=Path(image.path), width=image.width, height=image.height, size=image.bytes)
+
+    async def read(self) -> bytes:
+        try:
+            return await asyncio.to_thread(self.path.read_bytes)
+        except OSError:
+            raise NotFound("that result's image is no longer kept; start a new /imagine") from None
 
 
 async def _job_request(app: AppContext, job_id: int) -> GenerationRequest:
@@ -241,8 +255,13 @@ async def image_choices(app: AppContext, job_id: int, *, vary: bool = False) -> 
     return sorted(image.index for image in images)
 
 
+async def finish(app: AppContext, prepared: Prepared):
+    """Queue a planned job (keeping its image as the requester's upload first). Returns the JobRecord."""
+    return await app.submissions.enqueue(prepared)
+
+
 async def plan_vary(app: AppContext, job_id: int, image_index: int, requester: Requester,
-                    strength_kind: str) -> IterationPlan:
+                    strength_kind: str) -> Prepared:
     """The job's request again from the chosen image's seed, with a new random variation seed at the
     configured strength (`[defaults] vary_subtle_strength` / `vary_strong_strength`), as many images
     as the job had. txt2img only (A1111's variation seed is)."""
@@ -258,7 +277,7 @@ async def plan_vary(app: AppContext, job_id: int, image_index: int, requester: R
     defaults = app.config.defaults
     strength = defaults.vary_subtle_strength if strength_kind == "subtle" else defaults.vary_strong_strength
     ask = Ask.again(request, seed=seed, subseed=None, subseed_strength=strength)
-    return IterationPlan(prepared=await app.submissions.prepare(ask, requester))
+    return await app.submissions.prepare(ask, requester)
 
 
 async def vary(app: AppContext, job_id: int, image_index: int, requester: Requester, strength_kind: str):
@@ -274,13 +293,13 @@ async def remix_texts(app: AppContext, job_id: int) -> tuple[str, str]:
 
 
 async def plan_remix(app: AppContext, job_id: int, requester: Requester, *, prompt: str,
-                     negative_prompt: str) -> IterationPlan:
+                     negative_prompt: str) -> Prepared:
     """The job's request with new texts: its seed (so its images, changed only by the words), size,
     count, checkpoint, sampler and every other setting kept."""
     request = await _job_request(app, job_id)
     _check_not_upscale(request, "remix")
-    ask = Ask.again(request, prompt=prompt, negative_prompt=negative_prompt)
-    return IterationPlan(prepared=await app.submissions.prepare(ask, requester))
+    return await app.submissions.prepare(Ask.again(request, prompt=prompt, negative_prompt=negative_prompt),
+                                         requester)
 
 
 async def remix(app: AppContext, job_id: int, requester: Requester, *, prompt: str, negative_prompt: str):
@@ -290,23 +309,27 @@ async def remix(app: AppContext, job_id: int, requester: Requester, *, prompt: s
 
 
 def _only_known(**fields):
-    """Those of `fields` that `Ask` has (request fields added later, such as the hires fix's)."""
+    """Those of `fields` that `Ask` has (so this keeps working while request fields come and go)."""
     known = {f.name for f in dataclasses.fields(Ask)}
     return {name: value for name, value in fields.items() if name in known}
 
 
-async def plan_use_as_init(app: AppContext, job_id: int, image_index: int, requester: Requester) -> IterationPlan:
+async def plan_use_as_init(app: AppContext, job_id: int, image_index: int, requester: Requester) -> Prepared:
     """img2img from the chosen image: the job's prompt, negative prompt, checkpoint, sampler, steps,
     CFG, count and clip skip; the image's size; a new random seed; the default strength."""
     request = await _job_request(app, job_id)
     image = await _image(app, job_id, image_index)
-    ask = Ask.again(request, mode="img2img", init_image=PENDING_UPLOAD, mask=None, width=image.width,
-                    height=image.height, seed=None, strength=None, subseed=None, subseed_strength=0.0,
-                    seed_resize_from_w=0, seed_resize_from_h=0, mask_blur=None, mask_invert=None,
-                    masked_content=None, only_masked=None, only_masked_padding=None,
-                    **_only_known(enable_hr=False))
-    prepared = await app.submissions.prepare(ask, requester)
-    return IterationPlan(prepared=prepared, source=Path(image.path), size=(image.width, image.height))
+    source = ResultImage.of(image)
+    if request.mode == "upscale":  # an upscale keeps only its texts: the rest from the defaults
+        ask = Ask(mode="img2img", prompt=request.prompt, negative_prompt=request.negative_prompt,
+                  init_image=source, width=image.width, height=image.height, **_only_known(enable_hr=False))
+    else:
+        ask = Ask.again(request, mode="img2img", init_image=source, mask=None, width=image.width,
+                        height=image.height, seed=None, strength=None, subseed=None, subseed_strength=0.0,
+                        seed_resize_from_w=0, seed_resize_from_h=0, mask_blur=None, mask_invert=None,
+                        masked_content=None, only_masked=None, only_masked_padding=None,
+                        **_only_known(enable_hr=False))
+    return await app.submissions.prepare(ask, requester)
 
 
 async def use_as_init(app: AppContext, job_id: int, image_index: int, requester: Requester):
@@ -314,31 +337,19 @@ async def use_as_init(app: AppContext, job_id: int, image_index: int, requester:
     return await finish(app, await plan_use_as_init(app, job_id, image_index, requester))
 
 
-def _source_png(path: Path, size: tuple[int, int] | None, max_pixels: int) -> bytes:
-    """Runs off the event loop: a result image, read back and checked, as PNG."""
-    try:
-        image = load_user_image(path, max_pixels=max_pixels)
-    except ImageError:
-        raise NotFound("that result's image is no longer kept; start a new /imagine") from None
-    if size is not None and image.size != size:
-        raise IterationError("that image changed since it was checked; try again")
-    return png_bytes(image)
+async def plan_upscale(app: AppContext, job_id: int, image_index: int, requester: Requester) -> Prepared:
+    """A1111's Extras upscale of the chosen image with this server's upscaler and factor (else the
+    config's), the job's prompt kept with it for the record."""
+    request = await _job_request(app, job_id)
+    image = await _image(app, job_id, image_index)
+    ask = Ask(mode="upscale", prompt=request.prompt, negative_prompt=request.negative_prompt,
+              init_image=ResultImage.of(image))
+    return await app.submissions.prepare(ask, requester)
 
 
-async def finish(app: AppContext, plan: IterationPlan):
-    """Keep the source image (if any) as the requester's upload and queue the job (a file this call
-    created is removed again if queueing fails). Returns the JobRecord."""
-    if plan.source is None:
-        return await app.submissions.enqueue(plan.prepared)
-    png = await asyncio.to_thread(_source_png, plan.source, plan.size, app.uploads.max_pixels)
-    path, created = await app.uploads.keep_png(png, owner_id=plan.prepared.requester.user_id)
-    ask = dataclasses.replace(plan.prepared.ask, init_image=str(path))
-    try:
-        return await app.submissions.enqueue(dataclasses.replace(plan.prepared, ask=ask))
-    except BaseException:
-        if created:
-            await app.uploads.discard(path)
-        raise
+async def upscale(app: AppContext, job_id: int, image_index: int, requester: Requester):
+    """Upscale one image of a finished job, as the requester's own job. Returns the JobRecord."""
+    return await finish(app, await plan_upscale(app, job_id, image_index, requester))
 
 
 def may_delete(job, *, user_id: int, can_manage_messages: bool) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,7 +33,9 @@ DRAFT_KEY_PREFIX = "draft:"
 DRAFT_ID = re.compile(r"^[0-9a-f]{16}$")
 # What a draft may set: Ask fields (a stored draft is read back through this list only).
 DRAFT_FIELDS = frozenset({"prompt", "negative_prompt", "checkpoint", "sampler", "schedule", "steps", "cfg_scale",
-                          "width", "height", "seed", "count", "clip_skip"})
+                          "width", "height", "seed", "count", "clip_skip", "enable_hr", "hr_scale", "hr_resize_x",
+                          "hr_resize_y", "hr_upscaler", "hr_second_pass_steps", "hr_sampler", "hr_prompt",
+                          "hr_negative_prompt", "strength"})
 
 
 class DraftError(EaselError):
@@ -74,12 +76,15 @@ def _with_local_loras(prompt: str, image_hashes: Mapping[str, str], loras: Mappi
 
 
 def draft_from_infotext(fields: Mapping[str, Any], *, limits: LimitsConfig,
-                        checkpoints: Mapping[str, str | None], loras: Mapping[str, str] | None = None) -> Draft:
+                        checkpoints: Mapping[str, str | None], loras: Mapping[str, str] | None = None,
+                        hires_upscalers: Sequence[str] = ()) -> Draft:
     """A txt2img draft from generation.infotext.to_request_fields output.
 
     `checkpoints`: the enabled checkpoints' names and short hashes; the image's model is found
     by name, else by its hash. `loras`: this bot's LoRA names (and aliases) and short hashes; a
     LoRA tag is kept when its file is here (by the image's `Lora hashes`, else by name).
+    `hires_upscalers`: what a hires fix may use here; the image's hires fix comes along when A1111
+    would paste it (generation.infotext sets enable_hr).
 
     A value this bot cannot use (unknown sampler or model, out of its limits) is left out, so the
     member's and server's defaults fill it, and is named in `ignored`.
@@ -152,8 +157,51 @@ def draft_from_infotext(fields: Mapping[str, Any], *, limits: LimitsConfig,
         else:
             ignored.append(f"clip skip {clip_skip}")
 
+    if fields.get("enable_hr"):
+        _hires_draft(fields, given, ignored, limits=limits, hires_upscalers=hires_upscalers,
+                     local=lambda text: _with_local_loras(text, image_hashes, loras or {})[0].strip())
     notes = tuple(str(w) for w in fields.get("warnings", ()) or ())
     return Draft(given=given, ignored=tuple(ignored), notes=notes)
+
+
+def _hires_draft(fields: Mapping[str, Any], given: dict[str, Any], ignored: list[str], *, limits: LimitsConfig,
+                 hires_upscalers: Sequence[str], local: Callable[[str], str]) -> None:
+    """The image's hires fix, each value this bot cannot use left to the defaults and named."""
+    given["enable_hr"] = True
+    strength = fields.get("denoising_strength")
+    if strength is not None and 0 < strength <= 1:
+        given["strength"] = strength
+    scale = fields.get("hr_scale")
+    if scale is not None:
+        if 1 <= scale <= limits.max_hires_scale:
+            given["hr_scale"] = scale
+        else:
+            ignored.append(f"hires scale {scale:g} (allowed: 1-{limits.max_hires_scale:g})")
+    for key in ("hr_resize_x", "hr_resize_y"):
+        if fields.get(key) is not None and 0 <= fields[key] <= limits.max_hires_side:
+            given[key] = fields[key]
+    steps = fields.get("hr_second_pass_steps")
+    if steps is not None:
+        if 0 <= steps <= limits.max_steps:
+            given["hr_second_pass_steps"] = steps
+        else:
+            ignored.append(f"hires steps {steps}")
+    upscaler = fields.get("hr_upscaler")
+    if upscaler is not None:
+        if upscaler in hires_upscalers:
+            given["hr_upscaler"] = upscaler
+        else:
+            ignored.append(f"hires upscaler {upscaler!r} (not available here)")
+    sampler = fields.get("hr_sampler")
+    if sampler:
+        try:
+            given["hr_sampler"] = resolve_sampler(str(sampler), None).sampler
+        except EaselError:
+            ignored.append(f"hires sampler {sampler!r} (unknown here)")
+    for key in ("hr_prompt", "hr_negative_prompt"):
+        text = str(fields.get(key) or "")
+        if text and len(text) <= limits.max_prompt_chars:
+            given[key] = local(text) if key == "hr_prompt" else text  # its LoRA tags, as the prompt's
 
 
 def new_draft_id() -> str:

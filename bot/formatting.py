@@ -150,7 +150,8 @@ def history_line(*, number: int, prompt: str, negative_prompt: str, job_id: int 
 
 MEMBER_SETTING_LABELS: dict[str, str] = {"sampler": "Sampler", "schedule": "Schedule type", "steps": "Steps",
                                          "width": "Width", "height": "Height", "cfg_scale": "CFG scale",
-                                         "negative_prompt": "Negative prompt"}
+                                         "negative_prompt": "Negative prompt", "enable_hr": "Hires fix",
+                                         "hr_scale": "Hires scale", "hr_upscaler": "Hires upscaler"}
 GUILD_LIMIT_LABELS: dict[str, str] = {"max_steps": "Max steps", "max_width": "Max width",
                                       "max_height": "Max height", "max_count": "Max images per request",
                                       "max_queued_per_member": "Max queued per member",
@@ -158,6 +159,8 @@ GUILD_LIMIT_LABELS: dict[str, str] = {"max_steps": "Max steps", "max_width": "Ma
 
 
 def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, str):

@@ -6,7 +6,7 @@ are checked here again: these functions are the only way values reach the databa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from generation.config import Config, DefaultsConfig, LimitsConfig
@@ -34,10 +34,13 @@ def _size_problem(name: str, value: int, *, minimum: int, maximum: int) -> str |
 def member_setting_changes(*, current: Mapping[str, Any], limits: LimitsConfig, defaults: DefaultsConfig,
                            sampler: str | None = None, schedule: str | None = None, steps: int | None = None,
                            width: int | None = None, height: int | None = None, cfg_scale: float | None = None,
-                           negative_prompt: str | None = None) -> dict[str, Any]:
+                           negative_prompt: str | None = None, enable_hr: bool | None = None,
+                           hr_scale: float | None = None, hr_upscaler: str | None = None,
+                           hires_upscalers: Sequence[str] = ()) -> dict[str, Any]:
     """The validated changes to a member's stored defaults (keys of generation.rules.MEMBER_SETTINGS).
 
     A sampler is stored in its canonical spelling; "DPM++ 2M Karras" stores sampler and schedule.
+    `hires_upscalers`: the names a hires upscaler may have (the Latent modes and usable upscalers).
     Raises InvalidSetting naming every problem.
     """
     changes: dict[str, Any] = {}
@@ -83,6 +86,18 @@ def member_setting_changes(*, current: Mapping[str, Any], limits: LimitsConfig, 
         else:
             cleared = negative_prompt.strip() in ("", "-")
             changes["negative_prompt"] = None if cleared else negative_prompt.strip()
+    if enable_hr is not None:
+        changes["enable_hr"] = bool(enable_hr)
+    if hr_scale is not None:
+        if not 1.0 <= hr_scale <= limits.max_hires_scale:
+            problems.append(f"the hires scale must be from 1 to {limits.max_hires_scale:g}")
+        else:
+            changes["hr_scale"] = float(hr_scale)
+    if hr_upscaler is not None:
+        if hr_upscaler not in hires_upscalers:
+            problems.append(f"there is no hires upscaler named {hr_upscaler!r}; /upscalers lists them")
+        else:
+            changes["hr_upscaler"] = hr_upscaler
     if problems:
         raise InvalidSetting("; ".join(problems))
     return changes

@@ -106,7 +106,9 @@ class DefaultsConfig:
     mask_blur: int = 4
     masked_content: str = "original"
     only_masked_padding: int = 32
-    # Hires fix, when a member turns it on without choosing: A1111's UI defaults.
+    # Hires fix: off unless a member (or their /settings, or the server) turns it on; then A1111's
+    # UI defaults for the scale and upscaler.
+    enable_hr: bool = False
     hr_scale: float = 2.0
     hr_upscaler: str = "Latent"
     # Upscales: the upscaler (a file stem in models/upscalers/, "Lanczos" or "Nearest") and factor.

@@ -17,18 +17,21 @@ from .requests import GenerationRequest
 
 # What /settings stores per member, with the type each value must have.
 MEMBER_SETTINGS: dict[str, type] = {"sampler": str, "schedule": str, "steps": int, "width": int, "height": int,
-                                    "cfg_scale": float, "negative_prompt": str}
+                                    "cfg_scale": float, "negative_prompt": str, "enable_hr": bool,
+                                    "hr_scale": float, "hr_upscaler": str}
 # What /admin stores per server, with the type each value must have.
 GUILD_LIMITS: dict[str, type] = {"max_steps": int, "max_width": int, "max_height": int, "max_count": int,
                                  "max_queued_per_member": int, "max_queued": int}
 RESOLVED_OPTIONS = ("negative_prompt", "sampler", "schedule", "steps", "cfg_scale", "width", "height", "count",
-                    "strength", "clip_skip", "mask_blur", "masked_content", "only_masked_padding")
+                    "strength", "clip_skip", "mask_blur", "masked_content", "only_masked_padding", "enable_hr",
+                    "hr_scale", "hr_upscaler", "upscaler", "upscale_by")
 # Options with no default in config.toml: a member chooses them or they stay as GenerationRequest has them.
-CHOSEN_ONLY = ("mask_invert", "only_masked", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
+CHOSEN_ONLY = ("mask_invert", "only_masked", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+               "hr_resize_x", "hr_resize_y", "hr_second_pass_steps", "hr_sampler", "hr_prompt", "hr_negative_prompt")
 # Request field -> the server limit that caps it.
 CAPPED_BY_GUILD = {"steps": "max_steps", "width": "max_width", "height": "max_height", "count": "max_count"}
 
-KIND_WORDS = {str: "text", int: "a whole number", float: "a number"}
+KIND_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
 
 
 class RuleBroken(EaselError):
@@ -99,6 +102,12 @@ def validated_member_setting(name: str, value: Any) -> Any:
     if name not in MEMBER_SETTINGS:
         raise RuleBroken(f"unknown setting {name}")
     kind = MEMBER_SETTINGS[name]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("true", "on", "yes", "false", "off", "no"):
+            return str(value).strip().lower() in ("true", "on", "yes")
+        raise RuleBroken(f"{name} must be {KIND_WORDS[bool]}")
     try:
         return kind(value)
     except (TypeError, ValueError):

@@ -74,6 +74,19 @@ class Ask:
     subseed_strength: float | None = None
     seed_resize_from_w: int | None = None
     seed_resize_from_h: int | None = None
+    # A1111's hires fix (request fields of the same names; `strength` is its denoising strength).
+    enable_hr: bool | None = None
+    hr_scale: float | None = None
+    hr_resize_x: int | None = None
+    hr_resize_y: int | None = None
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = None
+    hr_sampler: str | None = None
+    hr_prompt: str | None = None
+    hr_negative_prompt: str | None = None
+    # Mode "upscale": the upscaler and factor (the source is init_image).
+    upscaler: str | None = None
+    upscale_by: float | None = None
     init_image: ImageInput | str | None = None
     mask: ImageInput | str | None = None
 
@@ -133,6 +146,8 @@ class Submissions:
         """Steps 1-6: everything but downloading and storing. Raises EaselError with a
         member-facing message. Quick (no download), so a frontend may run it before it acknowledges."""
         problems = length_problems(ask.prompt, ask.negative_prompt or "", self.config.limits)
+        problems += [problem.replace("prompt", "hires prompt", 1) for problem in
+                     length_problems(ask.hr_prompt or "", ask.hr_negative_prompt or "", self.config.limits)]
         if problems:
             raise InvalidRequest(problems)
         for what, image in (("image", ask.init_image), ("mask", ask.mask)):
@@ -142,9 +157,12 @@ class Submissions:
         in_guild = target.guild_id is not None and not requester.operator
         guild = await self.store.guilds.get_settings(target.guild_id) if in_guild else {}
         check_channel(guild, target.channel_id)
-        checkpoint = await self._checkpoint(ask.checkpoint or "", guild, requester)
+        upscale = ask.mode == "upscale"
+        checkpoint = "" if upscale else await self._checkpoint(ask.checkpoint or "", guild, requester)
         member = await self.store.users.get_settings(requester.user_id) if not requester.operator else {}
         request = self._request(ask, checkpoint, member=member, guild=guild)
+        if upscale:
+            request = dataclasses.replace(request, **await self._source_size(ask.init_image))
         problems = guild_limit_problems(request, guild)
         if problems:
             raise RuleBroken("; ".join(problems))
@@ -158,8 +176,11 @@ class Submissions:
         created: list[Path] = []
         try:
             request = await self._attach(prepared.checked.request, prepared.ask, requester.user_id, created)
-            return await self.service.submit(dataclasses.replace(prepared.checked, request=request),
-                                             owner_id=requester.user_id, target=requester.target)
+            checked = dataclasses.replace(prepared.checked, request=request)
+            if request.mode == "upscale":  # checked again at the size the downloaded picture has
+                size = await asyncio.to_thread(_picture_size, Path(request.init_image))
+                checked = self.engine.check(dataclasses.replace(request, width=size[0], height=size[1]))
+            return await self.service.submit(checked, owner_id=requester.user_id, target=requester.target)
         except BaseException:
             for path in created:
                 await self.uploads.discard(path)
@@ -176,8 +197,19 @@ class Submissions:
             raise ModelNotFound(f"{what} not available here; pick one from the list")
         return self.registry.resolve(name).name
 
+    async def _source_size(self, image: ImageInput | str | None) -> dict[str, int]:
+        """An upscale's width and height: as the upload declares them (checked again once it is
+        downloaded), or an earlier upload's own."""
+        if isinstance(image, str):
+            width, height = await asyncio.to_thread(_picture_size, self.uploads.stored(image, what="image"))
+        elif image is not None and image.width and image.height:
+            width, height = image.width, image.height
+        else:
+            width = height = 8  # unknown until it is downloaded
+        return {"width": width, "height": height}
+
     def _request(self, ask: Ask, checkpoint: str, *, member: dict, guild: dict) -> GenerationRequest:
-        architecture = self.registry.resolve(checkpoint).architecture
+        architecture = self.registry.resolve(checkpoint).architecture if checkpoint else ""
         size = default_size(self.config.defaults, self.config.limits, architecture,
                             max_width=guild.get("max_width"), max_height=guild.get("max_height"))
         chosen = ask.chosen()
@@ -226,6 +258,14 @@ class Submissions:
                 created.append(path)
             paths["mask"] = str(path)
         return dataclasses.replace(request, **paths) if paths else request
+
+
+def _picture_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header of one of our stored PNGs."""
+    from PIL import Image
+
+    with Image.open(path, formats=["PNG"]) as picture:
+        return picture.size
 
 
 def _checked(engine: Engine, request: GenerationRequest, policy: ModerationPolicy) -> CheckedRequest:

@@ -68,6 +68,7 @@ __all__ = [
     "scan_upscalers",
     "upscale_with_model",
     "upscaler_names",
+    "hires_upscaler_names",
 ]
 
 BUILTIN_UPSCALERS = ("Lanczos", "Nearest")
@@ -289,6 +290,11 @@ def upscaler_names(infos: Iterable[UpscalerInfo]) -> list[str]:
     builtins = [name for name in BUILTIN_UPSCALERS if any(i.name == name and i.path is None for i in usable)]
     others = sorted((i.name for i in usable if i.path is not None), key=str.lower)
     return builtins + others
+
+
+def hires_upscaler_names(infos: Iterable[UpscalerInfo]) -> list[str]:
+    """What a hires fix may upscale with, as A1111's list: the Latent modes, then the upscalers."""
+    return [*LATENT_MODES, *upscaler_names(infos)]
 
 
 def postprocess_infotext(scale: float, upscaler: str) -> str:

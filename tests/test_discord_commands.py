@@ -99,12 +99,13 @@ async def held_queue(service):
 async def test_schema_listing_commands_and_empty_states(own_models, tmp_path):
     async with easel_on_fake_discord(own_models, tmp_path) as env:
         names = {command["name"] for command in env.fake.commands()}
-        assert {"queue", "cancel", "checkpoints", "embeddings", "settings", "history", "info", "admin"} <= names
+        assert {"queue", "cancel", "checkpoints", "embeddings", "settings", "history", "info", "admin", "upscale",
+                "upscalers"} <= names
         admin = env.fake.command("admin")
         assert admin["default_member_permissions"] == str(MANAGE_SERVER)
         assert admin.get("contexts") == [0] or admin.get("dm_permission") is False
         assert {o["name"] for o in admin["options"]} == {"show", "limits", "channel", "banned-word", "checkpoint",
-                                                         "nsfw-filter", "nsfw-word"}
+                                                         "nsfw-filter", "nsfw-word", "upscaler"}
         owner = env.fake.command("owner")
         assert {o["name"] for o in owner["options"]} == {"refresh", "embedding-add", "lora-add"}
         imagine = env.fake.command("imagine")
@@ -344,7 +345,8 @@ async def test_info_shows_parameters_and_its_button_generates_after_a_restart(ow
             upload = fake.upload_attachment("foreign.png", foreign, "image/png")
             foreign_info = await ask(env, "info", {"image": upload}, user=env.alice)
             text = embed_text(foreign_info)
-            assert "Not used" in text and "Warp Drive" in text and "mystery-xl" in text and "Hires upscale" in text
+            assert "Not used" in text and "Warp Drive" in text and "mystery-xl" in text and "Hires fix" in text
+            assert "2x" in text
 
         async with easel_on_fake_discord(own_models, tmp_path, fake=fake) as env:  # a new process, same data
             clicked = await fake.click_button(shown, draft_button, user=env.bob)

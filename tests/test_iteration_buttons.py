@@ -50,7 +50,10 @@ async def jobs_of(env, user) -> list:
 
 async def press(env, message, custom_id, *, user, until=finished):
     interaction = await env.fake.click_button(message, custom_id, user=user)
-    return await interaction.wait_for_original(until, timeout=60)
+    answer = await interaction.wait_for_original(until, timeout=60)
+    if until is finished:  # a result: wait until its delivery is complete (its buttons are bound to it)
+        await env.fake.wait_for(lambda: "🔁" in env.fake.message(answer.id).reactions)
+    return answer
 
 
 async def pick(env, message, action: str, number: int, *, user, until=finished):
@@ -176,6 +179,30 @@ async def test_use_as_init_is_img2img_from_the_image(models_dir, tmp_path):
         assert await jobs_of(env, env.alice) == [(await env.app.store.jobs.get(1))]
 
 
+
+async def test_upscale_button_upscales_the_chosen_image(models_dir, tmp_path):
+    async with easel_on_fake_discord(models_dir, tmp_path) as env:
+        result = await imagine(env, seed=8, count=2, width=64, height=96)
+        done = await pick(env, result, "upscale", 2, user=env.bob)
+        (job,) = await jobs_of(env, env.bob)
+        request = job.request
+        assert request["mode"] == "upscale" and request["prompt"] == "a cat"
+        assert (request["upscaler"], request["upscale_by"]) == ("Lanczos", 2.0)  # [defaults] upscaler, upscale_by
+        assert (request["width"], request["height"]) == (64, 96)  # the source's size
+        source = (await env.app.store.images.list_for_job(1))[1]
+        assert pixels(open(request["init_image"], "rb").read()) == pixels(source.path.read_bytes())
+        assert str(env.app.uploads.folder / str(env.bob.id)) in request["init_image"]
+        assert pixels(done.attachments[0].data)[0] == (128, 192)
+        # an upscale's result can be upscaled again or used as init; there is nothing to vary or remix
+        assert custom_ids(done)[3] == [f"easel:job:{job.id}:{action}" for action in ("upscale", "useinit")]
+
+        # the server's upscaler settings (/admin upscaler) apply to the button
+        await env.app.store.guilds.update_settings(env.guild.id, defaults={"upscale_by": 1.5})
+        single = await imagine(env, seed=9)
+        done = await press(env, single, f"easel:job:{custom_ids(single)[0][0].split(':')[2]}:upscale", user=env.bob)
+        assert pixels(done.attachments[0].data)[0] == (96, 96)
+        assert (await jobs_of(env, env.bob))[-1].request["upscale_by"] == 1.5
+
 async def test_refusals_reach_only_the_presser_and_lose_nothing(models_dir, tmp_path):
     async with easel_on_fake_discord(models_dir, tmp_path, queue={"per_user_queued": 1}) as env:
         await env.app.store.guilds.update_settings(env.guild.id, banned_words=["dog"])
@@ -261,9 +288,11 @@ async def test_the_new_buttons_work_after_a_restart(models_dir, tmp_path):
             await (await fake.submit_modal(opened, {"prompt": "a cat, night"})).wait_for_original(finished, 60)
             await press(env, picker, "easel:job:2:varysubtle:1", user=env.bob)  # a picker from before the restart
             await pick(env, several, "useinit", 2, user=env.bob)
+            upscaled = await press(env, single, "easel:job:1:upscale", user=env.bob)
+            assert pixels(upscaled.attachments[0].data)[0] == (128, 128)
             jobs = await jobs_of(env, env.bob)
             summary = [(job.request["mode"], job.request["seed"], job.request["subseed_strength"]) for job in jobs]
             assert summary[:2] == [("txt2img", 21, 0.15), ("txt2img", 21, 0.6)]
             assert summary[2][0] == "img2img" and summary[3] == ("txt2img", 21, 0.0)
-            assert summary[4] == ("txt2img", 31, 0.15) and summary[5][0] == "img2img"
+            assert summary[4] == ("txt2img", 31, 0.15) and summary[5][0] == "img2img" and summary[6][0] == "upscale"
             assert jobs[3].request["prompt"] == "a cat, night"

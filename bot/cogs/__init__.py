@@ -7,6 +7,7 @@ import importlib
 COG_BUILDERS = (
     "imagine:build_imagine_cog",
     "outpaint:build_outpaint_cog",
+    "upscale:build_upscale_cog",
     "queue:build_queue_cog",
     "models:build_models_cog",
     "settings:build_settings_cog",

@@ -16,6 +16,7 @@ from discord.ext import commands
 from generation.errors import EaselError, ModelNotFound
 
 from ..context import AppContext
+from .settings import upscaler_autocomplete
 from ..formatting import (MAX_EMBED_DESCRIPTION, clip, escape, guild_limit_lines, guild_settings_lines, join_within,
                           plural)
 from ..preferences import (MAX_BANNED_WORD_CHARS, allowed_channels_after, banned_words_after,
@@ -33,6 +34,8 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
     PerMember = app_commands.Range[int, 1, queue.per_user_queued]
     PerGuild = app_commands.Range[int, 1, queue.per_guild_queued]
     Word = app_commands.Range[str, 1, MAX_BANNED_WORD_CHARS]
+    UpscalerName = app_commands.Range[str, 1, 100]
+    UpscaleBy = app_commands.Range[float, 1.0, limits.max_upscale_by]
 
     async def checkpoint_names(interaction: discord.Interaction, current: str):
         current = str(current or "").lower()
@@ -156,5 +159,27 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
             _, shown, settings = await edit_word_list(interaction, "nsfw_words", word, add=add)
             state = "" if settings.get("nsfw_filter") else " (the NSFW filter is off: turn it on with /admin nsfw-filter)"
             await reply(interaction, f"“{shown}” {'added to' if add else 'removed from'} this server's NSFW words{state}.")
+
+        @app_commands.command(name="upscaler", description="The upscaler and factor of this server's Upscale button")
+        @app_commands.describe(upscaler="An upscaler from /upscalers", scale="How many times larger")
+        @app_commands.autocomplete(upscaler=upscaler_autocomplete(
+            lambda: [info.name for info in app.registry.upscalers if info.usable]))
+        @admin_only
+        async def upscaler(self, interaction: discord.Interaction, upscaler: Optional[UpscalerName] = None,
+                           scale: Optional[UpscaleBy] = None):
+            settings = await app.store.guilds.get_settings(interaction.guild_id)
+            defaults = dict(settings.get("defaults") or {})
+            if upscaler is not None:
+                try:
+                    defaults["upscaler"] = app.registry.upscaler(upscaler).name
+                except ModelNotFound as exc:
+                    await reply(interaction, f"⚠️ {exc}")
+                    return
+            if scale is not None:
+                defaults["upscale_by"] = float(scale)
+            await app.store.guilds.update_settings(interaction.guild_id, defaults=defaults or None)
+            chosen = defaults.get("upscaler", app.config.defaults.upscaler)
+            factor = defaults.get("upscale_by", app.config.defaults.upscale_by)
+            await reply(interaction, f"Upscales here use {escape(chosen)} at {factor:g}x unless a member picks otherwise.")
 
     return Admin()

@@ -14,12 +14,14 @@ from generation.requests import MASKED_CONTENT, MAX_MASK_BLUR, MAX_ONLY_MASKED_P
 from generation.rules import disabled_checkpoints
 from generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from generation.submission import Ask
+from generation.upscalers import hires_upscaler_names
 
 from ..attachments import DiscordImage
 from ..context import AppContext
 from ..errors import send_error
 from ..formatting import MAX_OPTION_CHARS
 from ..requesters import requester_of
+from .settings import upscaler_autocomplete
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,21 @@ AREA_CHOICES = [app_commands.Choice(name="Whole picture", value="whole picture")
                 app_commands.Choice(name="Only masked", value="only masked")]
 
 OPTION_FIELDS = {"negative": "negative_prompt", "cfg": "cfg_scale", "padding": "only_masked_padding",
-                 "variation_seed": "subseed", "variation_strength": "subseed_strength"}
+                 "variation_seed": "subseed", "variation_strength": "subseed_strength", "hires": "enable_hr",
+                 "hires_scale": "hr_scale", "hires_upscaler": "hr_upscaler", "hires_steps": "hr_second_pass_steps",
+                 "hires_denoise": "strength"}
+HIRES_FIELDS = ("hr_scale", "hr_upscaler", "hr_second_pass_steps")
 # Not request fields (app: locals() holds the closure too; the two choices map to booleans).
 NOT_FIELDS = ("self", "interaction", "image", "mask", "app", "mask_mode", "area")
 
 
 def options_to_fields(options: dict) -> dict:
-    """A command's options (its locals) as GenerationRequest field names."""
-    return {OPTION_FIELDS.get(name, name): value for name, value in options.items() if name not in NOT_FIELDS}
+    """A command's options (its locals) as GenerationRequest field names. Choosing a hires option
+    turns the hires fix on unless the member said `hires: False`."""
+    fields = {OPTION_FIELDS.get(name, name): value for name, value in options.items() if name not in NOT_FIELDS}
+    if fields.get("enable_hr") is None and any(fields.get(name) is not None for name in HIRES_FIELDS):
+        fields["enable_hr"] = True
+    return fields
 
 
 async def submit_from_interaction(app: AppContext, interaction: discord.Interaction, ask: Ask) -> None:
@@ -78,6 +87,10 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
     Negative = app_commands.Range[str, 0, min(limits.max_prompt_chars, MAX_OPTION_CHARS)]
     MaskBlur = app_commands.Range[int, 0, MAX_MASK_BLUR]
     Padding = app_commands.Range[int, 0, MAX_ONLY_MASKED_PADDING]
+    HiresScale = app_commands.Range[float, 1.0, limits.max_hires_scale]
+    HiresSteps = app_commands.Range[int, 0, limits.max_steps]
+    Name = app_commands.Range[str, 1, 100]
+    hires_upscalers = upscaler_autocomplete(lambda: hires_upscaler_names(app.registry.upscalers))
 
     common = dict(prompt="What to draw (A1111 syntax: (word:1.3), [from:to:step], BREAK)",
                   negative="What to avoid", checkpoint="Model (default: the server's)",
@@ -88,15 +101,23 @@ def build_imagine_cog(app: AppContext) -> commands.Cog:
     class Imagine(commands.Cog, name="Imagine"):
         @app_commands.command(name="imagine", description="Generate images from a prompt")
         @app_commands.describe(variation_seed="A1111's variation seed (-1: random)",
-                               variation_strength="How far toward the variation seed's image, 0-1", **common)
+                               variation_strength="How far toward the variation seed's image, 0-1",
+                               hires="Hires fix: generate, upscale, then refine at the larger size",
+                               hires_scale="Hires fix: how many times larger (default 2)",
+                               hires_upscaler="Hires fix: a Latent mode or an upscaler (/upscalers)",
+                               hires_denoise="Hires fix: how much the refining pass changes, 0-1",
+                               hires_steps="Hires fix: steps of the refining pass (0: as many as steps)", **common)
         @app_commands.choices(sampler=SAMPLER_CHOICES, schedule=SCHEDULE_CHOICES)
-        @app_commands.autocomplete(checkpoint=checkpoint_autocomplete)
+        @app_commands.autocomplete(checkpoint=checkpoint_autocomplete, hires_upscaler=hires_upscalers)
         async def imagine(self, interaction: discord.Interaction, prompt: Prompt, negative: Optional[Negative] = None,
                           checkpoint: Optional[str] = None, sampler: Optional[str] = None,
                           schedule: Optional[str] = None, steps: Optional[Steps] = None, cfg: Optional[Cfg] = None,
                           width: Optional[Width] = None, height: Optional[Height] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None,
-                          variation_seed: Optional[Seed] = None, variation_strength: Optional[Strength] = None):
+                          variation_seed: Optional[Seed] = None, variation_strength: Optional[Strength] = None,
+                          hires: Optional[bool] = None, hires_scale: Optional[HiresScale] = None,
+                          hires_upscaler: Optional[Name] = None, hires_denoise: Optional[Strength] = None,
+                          hires_steps: Optional[HiresSteps] = None):
             ask = Ask(mode="txt2img", **options_to_fields(locals()))
             await submit_from_interaction(app, interaction, ask)
 

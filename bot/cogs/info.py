@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from generation.errors import ImageError
+from generation.upscalers import hires_upscaler_names
 from generation.infotext import DEFAULT_MAX_PIXELS, parse_infotext, read_infotext, to_request_fields
 from generation.uploads import read_checked
 
@@ -41,6 +42,8 @@ def info_embed(fields: dict, draft: Draft, filename: str) -> discord.Embed:
         embed.add_field(name="Inpaint area", value="Only masked")
     if fields.get("width") and fields.get("height"):
         embed.add_field(name="Size", value=f"{fields['width']}×{fields['height']}")
+    if hires := hires_summary(fields):
+        embed.add_field(name="Hires fix", value=clip(hires, 200))
     extra = [f"{quoted(key, 40)}: {quoted(str(value), 80)}" for key, value in (fields.get("extra") or {}).items()]
     if extra:
         embed.add_field(name="Other", value=join_within(extra, 600), inline=False)
@@ -50,6 +53,24 @@ def info_embed(fields: dict, draft: Draft, filename: str) -> discord.Embed:
                         inline=False)
     embed.set_footer(text="“Generate with these” queues a new image as your own job")
     return embed
+
+
+def hires_summary(fields: dict) -> str:
+    """A1111's hires keys in one line: "2x with Latent, 15 steps, sampler DPM++ 2M"."""
+    parts = []
+    if fields.get("hr_resize_x") or fields.get("hr_resize_y"):
+        parts.append(f"to {fields.get('hr_resize_x', 0)}×{fields.get('hr_resize_y', 0)}")
+    elif fields.get("hr_scale") is not None:
+        parts.append(f"{fields['hr_scale']:g}x")
+    if fields.get("hr_upscaler"):
+        parts.append(f"with {fields['hr_upscaler']}")
+    if fields.get("hr_second_pass_steps"):
+        parts.append(f"{fields['hr_second_pass_steps']} steps")
+    if fields.get("hr_sampler"):
+        parts.append(f"sampler {fields['hr_sampler']}")
+    if fields.get("hr_prompt"):
+        parts.append(f"prompt “{fields['hr_prompt']}”")
+    return ", ".join(parts)
 
 
 def local_loras(registry) -> dict[str, str]:
@@ -83,7 +104,8 @@ def build_info_cog(app: AppContext) -> commands.Cog:
             checkpoints = {r.name: r.short_hash for r in await app.store.checkpoints.list(enabled_only=True)}
             try:
                 draft = draft_from_infotext(fields, limits=app.config.limits, checkpoints=checkpoints,
-                                            loras=local_loras(app.registry))
+                                            loras=local_loras(app.registry),
+                                            hires_upscalers=hires_upscaler_names(app.registry.upscalers))
             except DraftError as exc:  # the parameters are still worth showing
                 await interaction.edit_original_response(embed=info_embed(fields, Draft(given={}, notes=(str(exc),)),
                                                                           image.filename))
