@@ -99,7 +99,7 @@ async def open_remix(interaction: discord.Interaction, job_id: int) -> None:
         prompt, negative = await actions.remix_texts(app, job_id)
         modal = RemixModal(job_id, prompt=prompt, negative_prompt=negative,
                            max_chars=form_max_chars(app.config.limits))
-    except EaselError as exc:
+    except Exception as exc:  # a refusal in plain words; anything else is logged and named as ours
         await send_error(interaction, exc)
         return
     await interaction.response.send_modal(modal)

@@ -203,7 +203,7 @@ class PerImageButton(JobButton,
         try:
             indexes = await actions.image_choices(_app(interaction), self.job_id,
                                                   vary=self.action.startswith("vary"))
-        except EaselError as exc:
+        except Exception as exc:  # a refusal in plain words; anything else is logged and named as ours
             await send_error(interaction, exc)
             return
         if len(indexes) == 1:
@@ -245,10 +245,9 @@ class PickImageButton(discord.ui.DynamicItem[discord.ui.Button],
                                r":(?P<index>\d+)"):
     """A number in the ephemeral picker: the per-image action on image `index` (0-based; labelled 1..n)."""
 
-    def __init__(self, job_id: int, action: str, index: int):
+    def __init__(self, job_id: int, action: str, index: int, *, row: int | None = None):
         super().__init__(discord.ui.Button(label=str(index + 1), style=discord.ButtonStyle.secondary,
-                                           custom_id=f"easel:job:{job_id}:{action}:{index}"),
-                         row=min(index // 5, 4))
+                                           custom_id=f"easel:job:{job_id}:{action}:{index}"), row=row)
         self.job_id, self.action, self.index = job_id, action, index
 
     @classmethod
@@ -280,8 +279,8 @@ class PickImageButton(discord.ui.DynamicItem[discord.ui.Button],
 
 def picker_view(job_id: int, action: str, indexes: list[int]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for index in indexes[:MAX_PICKER_BUTTONS]:
-        view.add_item(PickImageButton(job_id, action, index))
+    for position, index in enumerate(indexes[:MAX_PICKER_BUTTONS]):
+        view.add_item(PickImageButton(job_id, action, index, row=position // 5))
     return view
 
 

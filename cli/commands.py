@@ -91,19 +91,31 @@ def _print_models(registry) -> None:
         print(f"  {lora.name:<32} [{lora.short_hash}] {lora.format:<11} {family}{alias}")
 
 
+def _size_arg(value: str | None, flag: str) -> tuple[int | None, int | None]:
+    if not value:
+        return None, None
+    try:
+        width, height = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise EaselError(f"{flag} must be WIDTHxHEIGHT, not {value!r}") from None
+    return width, height
+
+
 def ask_from_args(args) -> "Ask":
     """What the arguments ask for; options left out are resolved like a member's (config, then the
     checkpoint's own size)."""
     from generation.submission import Ask
     from generation.uploads import FileImage
 
+    if args.command == "upscale":
+        return Ask(prompt="", mode="upscale", init_image=FileImage(args.image), upscaler=args.upscaler,
+                   upscale_by=args.scale)
+    resize_w, resize_h = _size_arg(getattr(args, "seed_resize_from", None), "--seed-resize-from")
+    hr_x, hr_y = _size_arg(getattr(args, "hr_resize", None), "--hr-resize")
+    hires = [args.hr_scale, args.hr_resize, args.hr_upscaler, args.hr_steps, args.hr_sampler, args.hr_prompt,
+             args.hr_negative]
+
     mode = "inpaint" if args.mask or args.inpaint else ("img2img" if args.init else "txt2img")
-    resize_w = resize_h = None
-    if getattr(args, "seed_resize_from", None):
-        try:
-            resize_w, resize_h = (int(part) for part in args.seed_resize_from.lower().split("x"))
-        except ValueError:
-            raise EaselError(f"--seed-resize-from must be WIDTHxHEIGHT, not {args.seed_resize_from!r}") from None
     return Ask(prompt=args.prompt, mode=mode, negative_prompt=args.negative, checkpoint=args.checkpoint or None,
                sampler=args.sampler, schedule=args.schedule or ("Automatic" if args.sampler else None),
                steps=args.steps, cfg_scale=args.cfg, width=args.width, height=args.height,
@@ -113,7 +125,10 @@ def ask_from_args(args) -> "Ask":
                mask_invert=args.invert_mask or None, masked_content=args.masked_content,
                only_masked=args.only_masked or None, only_masked_padding=args.padding,
                subseed=getattr(args, "subseed", None), subseed_strength=getattr(args, "subseed_strength", None),
-               seed_resize_from_w=resize_w, seed_resize_from_h=resize_h)
+               seed_resize_from_w=resize_w, seed_resize_from_h=resize_h,
+               enable_hr=True if any(value is not None for value in hires) else None, hr_scale=args.hr_scale,
+               hr_resize_x=hr_x, hr_resize_y=hr_y, hr_upscaler=args.hr_upscaler, hr_second_pass_steps=args.hr_steps,
+               hr_sampler=args.hr_sampler, hr_prompt=args.hr_prompt, hr_negative_prompt=args.hr_negative)
 
 
 def output_paths(out: Path, count: int, seeds: list[int]) -> list[Path]:
@@ -145,7 +160,7 @@ async def _generate(config: Config, args, progress) -> int:
     from generation.uploads import UploadStore
 
     async with _store_and_models(config) as (store, registry):
-        checkpoint = args.checkpoint
+        checkpoint = getattr(args, "checkpoint", "")  # `easel upscale` names none
         if checkpoint and Path(checkpoint).exists():
             from generation.checkpoints import checkpoint_from_path
 

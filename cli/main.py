@@ -39,7 +39,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed-resize-from", default=None, metavar="WxH",
                    help="draw the noise as for this size, pasted centred (A1111's seed resize)")
     p.add_argument("--init", type=Path, default=None, help="init image: img2img (or inpaint with --mask)")
-    p.add_argument("--strength", type=float, default=None, help="denoising strength for --init, 0-1")
+    p.add_argument("--strength", type=float, default=None, help="denoising strength for --init or the hires fix, 0-1")
     p.add_argument("--mask", type=Path, default=None, help="inpaint mask, white = repaint")
     p.add_argument("--inpaint", action="store_true",
                    help="inpaint the transparent part of --init (a mask from its alpha channel)")
@@ -50,7 +50,22 @@ def _add_generate(sub) -> None:
     p.add_argument("--only-masked", action="store_true",
                    help="inpaint: repaint a crop around the mask at full size, then paste it back")
     p.add_argument("--padding", type=int, default=None, help="inpaint, --only-masked: pixels of context")
+    p.add_argument("--hr-scale", type=float, default=None, help="hires fix (A1111): upscale by this, then refine")
+    p.add_argument("--hr-resize", default=None, metavar="WxH", help="hires fix to this size instead (0 keeps the aspect)")
+    p.add_argument("--hr-upscaler", default=None, help='hires fix upscaler: "Latent" (default), a Latent mode or an upscaler')
+    p.add_argument("--hr-steps", type=int, default=None, help="hires fix steps (0: as many as --steps)")
+    p.add_argument("--hr-sampler", default=None, help="hires fix sampler (default: --sampler)")
+    p.add_argument("--hr-prompt", default=None, help="hires fix prompt (default: the prompt)")
+    p.add_argument("--hr-negative", default=None, help="hires fix negative prompt (default: --negative)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder, or a .png path for one image")
+
+
+def _add_upscale(sub) -> None:
+    p = sub.add_parser("upscale", help="upscale an image (A1111's Extras); its parameters are kept")
+    p.add_argument("image", type=Path)
+    p.add_argument("--upscaler", default=None, help='an upscaler from models/upscalers/, "Lanczos" or "Nearest"')
+    p.add_argument("--scale", type=float, default=None, help="how many times larger (default: config's upscale_by)")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder, or a .png path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     _add_generate(sub)
+    _add_upscale(sub)
     sub.add_parser("models", help="list checkpoints and embeddings with hashes and skip reasons")
     p = sub.add_parser("make-test-model",
                        help="write a tiny offline SD-1.x model (random weights) for tests and demos")
@@ -104,7 +120,7 @@ def _dispatch(args) -> int:
     config = load_config(args.config)
     if args.command == "models":
         return commands.models(config)
-    if args.command == "generate":
+    if args.command in ("generate", "upscale"):
         return commands.generate(config, args, progress=_progress_bar)
     if args.command == "run":
         return commands.run_bot(config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import os
 from datetime import datetime, timedelta, timezone
@@ -166,9 +165,13 @@ def _as_png(data: bytes, max_pixels: int, what: str) -> bytes:
         image = open_user_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         raise ImageError(f"the {what}: {exc}") from None
-    buffer = io.BytesIO()
-    image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
+    from .infotext import png_with_infotext, read_infotext
+
+    try:  # A1111's parameters stay with the picture (an upscale keeps them); anything else is dropped
+        parameters = read_infotext(data, max_pixels=max_pixels) or ""
+    except ImageError:
+        parameters = ""
+    return png_with_infotext(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"), parameters)
 
 
 def _write_new(folder: Path, png: bytes) -> tuple[Path, bool]:

@@ -159,3 +159,44 @@ def test_generate_with_a_variation_seed(tmp_path, models_dir):
     assert "Seed resize from: 128x128" in texts[0]
     bad = easel("generate", "a cat", "--seed-resize-from", "huge", env_extra=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_hires_generate_then_upscale(tmp_path, models_dir):
+    """`easel generate --hr-*` writes A1111's hires keys; `easel upscale` keeps the source's parameters
+    and adds A1111's postprocessing keys, through the same queue."""
+    from PIL import Image
+
+    from generation.upscaler_testing import write_test_upscaler
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for folder in ("checkpoints", "embeddings"):
+        (models / folder).symlink_to(models_dir / folder)
+    write_test_upscaler(models / "upscalers" / "4x-tiny.safetensors", "compact")
+    env = {"EASEL_MODELS_DIR": str(models), "EASEL_DATA_DIR": str(tmp_path / "data"), "EASEL_DEVICE": "cpu",
+           "EASEL_CONFIG": str(tmp_path / "none.toml")}
+    first = tmp_path / "hires.png"
+    result = easel("generate", "a cat", "--checkpoint", "tiny", "--width", "64", "--height", "64", "--steps", "3",
+                   "--seed", "5", "--hr-scale", "1.5", "--hr-steps", "2", "--strength", "0.5", "--hr-upscaler",
+                   "4x-tiny", "--out", str(first), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(first).size == (96, 96)
+    text = read_infotext(first.read_bytes())
+    assert "Size: 64x64" in text and "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, " \
+                                      "Hires upscaler: 4x-tiny" in text
+    assert "5/5" in result.stderr  # both passes on one progress bar
+
+    upscaled = tmp_path / "big.png"
+    result = easel("upscale", str(first), "--upscaler", "4x-tiny", "--scale", "2.5", "--out", str(upscaled),
+                   env_extra=env)
+    assert result.returncode == 0, result.stderr
+    image = Image.open(upscaled)
+    assert image.size == (240, 240)  # int(96 * 2.5) // 8 * 8
+    assert image.text["parameters"] == text
+    assert image.text["postprocessing"] == image.text["extras"] == \
+        "Postprocess upscale by: 2.5, Postprocess upscaler: 4x-tiny"
+
+    too_big = easel("upscale", str(first), "--upscaler", "Lanczos", "--scale", "9", env_extra=env)
+    assert too_big.returncode == 2 and "the upscale factor must be from 1 to 4" in too_big.stderr
+    unknown = easel("upscale", str(first), "--upscaler", "4x-tiny-nope", env_extra=env)
+    assert unknown.returncode == 2 and "unknown upscaler '4x-tiny-nope'; did you mean 4x-tiny?" in unknown.stderr

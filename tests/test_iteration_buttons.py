@@ -131,7 +131,8 @@ async def test_remix_opens_a_form_and_keeps_the_seed(models_dir, tmp_path):
         fields = {label["component"]["custom_id"]: (label["label"], label["component"]) for label in form["components"]}
         assert fields["prompt"][0] == "Prompt" and fields["prompt"][1]["value"] == "a cat"
         assert fields["negative"][0] == "Negative prompt" and fields["negative"][1]["value"] == "blurry"
-        assert fields["prompt"][1]["style"] == 2 and fields["prompt"][1]["max_length"] == 300  # [limits] max_prompt_chars
+        assert fields["prompt"][1]["style"] == 2  # a paragraph
+        assert fields["prompt"][1]["max_length"] == fields["negative"][1]["max_length"] == 300  # max_prompt_chars
 
         submitted = await env.fake.submit_modal(opened, {"prompt": "a (dog:1.1) in a hat", "negative": ""})
         done = await submitted.wait_for_original(finished, timeout=60)
@@ -296,3 +297,12 @@ async def test_the_new_buttons_work_after_a_restart(models_dir, tmp_path):
             assert summary[2][0] == "img2img" and summary[3] == ("txt2img", 21, 0.0)
             assert summary[4] == ("txt2img", 31, 0.15) and summary[5][0] == "img2img" and summary[6][0] == "upscale"
             assert jobs[3].request["prompt"] == "a cat, night"
+
+
+def test_the_remix_form_holds_the_prompt_limit_within_discords():
+    from bot.formatting import MAX_TEXT_INPUT
+    from bot.remix import form_max_chars
+    from generation.config import LimitsConfig
+
+    assert form_max_chars(LimitsConfig(max_prompt_chars=300)) == 300
+    assert form_max_chars(LimitsConfig(max_prompt_chars=10_000)) == MAX_TEXT_INPUT == 4000
