@@ -45,6 +45,8 @@ def fit_files(sizes: list[int], limit: int) -> list[int]:
 
 
 def result_embed(job, request: GenerationRequest, images, *, token_count: int | None) -> discord.Embed:
+    if request.mode == "upscale":
+        return upscale_embed(job, request, images)
     title = request.prompt if len(request.prompt) <= 250 else request.prompt[:249] + "…"
     embed = discord.Embed(title=title, colour=discord.Colour.blurple())
     if request.negative_prompt:
@@ -56,9 +58,22 @@ def result_embed(job, request: GenerationRequest, images, *, token_count: int | 
     embed.add_field(name="Model", value=job.checkpoint[:1024] or "default")
     if request.mode != "txt2img":
         embed.add_field(name="Strength", value=f"{request.strength:g}")
+    if request.enable_hr and images:
+        embed.add_field(name="Hires fix", value=f"{images[0].width}×{images[0].height} · {request.hr_upscaler[:100]} · "
+                                                f"denoise {request.strength:g}")
     if token_count is not None:
         embed.add_field(name="Tokens", value=str(token_count))
     embed.set_footer(text=f"job {job.id} · react 🔁 to reroll")
+    return embed
+
+
+def upscale_embed(job, request: GenerationRequest, images) -> discord.Embed:
+    """An upscale's result: what it became and with what; the picture keeps its own parameters."""
+    size = f"{images[0].width}×{images[0].height}" if images else "?"
+    embed = discord.Embed(title=f"Upscaled {request.upscale_by:g}x to {size}"[:256], colour=discord.Colour.blurple())
+    embed.add_field(name="Upscaler", value=request.upscaler[:1024])
+    embed.add_field(name="From", value=f"{request.width}×{request.height}")
+    embed.set_footer(text=f"job {job.id}")
     return embed
 
 

@@ -918,8 +918,9 @@ class _BatchRun:
 
 
 class _UpscaleRun:
-    """Upscale jobs (A1111's Extras "upscale by"), one image each, on the GPU thread: the source
-    keeps its "parameters"; the result adds A1111's postprocessing keys."""
+    """Upscale jobs (A1111's Extras "upscale by") on the GPU thread. Jobs of one batch share the
+    upscaler, factor and source size: their pictures go through the model together, tile by tile.
+    The source keeps its "parameters"; the result adds A1111's postprocessing keys."""
 
     def __init__(self, *, engine: Engine, items: list[BatchItem], on_progress: ProgressCallback | None):
         self.engine = engine
@@ -930,27 +931,29 @@ class _UpscaleRun:
         from .infotext import read_infotext
         from .upscalers import postprocess_infotext
 
-        results: dict[Hashable, list[GeneratedImage] | None] = {}
+        first = self.items[0].request
+        upscaler = self.engine.registry.upscaler(first.upscaler)
         limit = self.engine.config.limits.max_upscale_pixels
+        sources, texts = [], []
         for item in self.items:
-            if item.cancel.canceled:
-                results[item.key] = None
-                continue
-            request = item.request
-            upscaler = self.engine.registry.upscaler(request.upscaler)
-            path = Path(request.init_image)
-            source = load_user_image(path, max_pixels=limit).convert("RGB")
-            image = self.engine.upscalers.upscale(source, upscaler, float(request.upscale_by),
-                                                  cancel=lambda: item.cancel.canceled)
-            if item.cancel.canceled:
-                results[item.key] = None
-                continue
-            try:  # our own PNGs, or a member's upload that passed the same reader at submit time
-                parameters = read_infotext(path.read_bytes(), max_pixels=limit) or ""
+            path = Path(item.request.init_image)
+            sources.append(load_user_image(path, max_pixels=limit).convert("RGB"))
+            try:  # our own PNGs, or a member's upload that kept only its A1111 parameters
+                texts.append(read_infotext(path.read_bytes(), max_pixels=limit) or "")
             except EaselError:
-                parameters = ""
-            results[item.key] = [GeneratedImage(index=0, seed=request.seed, image=image, infotext=parameters,
-                                                postprocessing=postprocess_infotext(request.upscale_by, upscaler.name))]
+                texts.append("")
+        if len({source.size for source in sources}) > 1:
+            raise ValueError("batch items must share one source size")
+        images = self.engine.upscalers.upscale(sources, upscaler, float(first.upscale_by),
+                                               cancel=lambda: all(item.cancel.canceled for item in self.items))
+        results: dict[Hashable, list[GeneratedImage] | None] = {}
+        postprocessing = postprocess_infotext(first.upscale_by, upscaler.name)
+        for item, image, text in zip(self.items, images, texts):
+            if item.cancel.canceled:
+                results[item.key] = None
+                continue
+            results[item.key] = [GeneratedImage(index=0, seed=item.request.seed, image=image, infotext=text,
+                                                postprocessing=postprocessing)]
             if self.on_progress is not None:
                 try:
                     self.on_progress(item.key, StepProgress(step=1, total=1))

@@ -362,18 +362,19 @@ def _grid_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def _run_patch(model: nn.Module, patch: Image.Image, device: torch.device, dtype: torch.dtype) -> Image.Image:
-    """One network call: RGB PIL -> BGR [0,1] -> model -> clamp, *255, round, uint8 -> RGB PIL."""
-    array = np.asarray(patch.convert("RGB"))
-    bgr = np.ascontiguousarray(array[:, :, ::-1].transpose(2, 0, 1))
-    tensor = torch.from_numpy(bgr).to(device).unsqueeze(0).to(torch.float32).div_(255).to(dtype)
+def _run_patches(model: nn.Module, patches: list[Image.Image], device: torch.device,
+                 dtype: torch.dtype) -> list[Image.Image]:
+    """One network call for equal-sized patches: RGB PIL -> BGR [0,1] -> model -> clamp, *255,
+    round, uint8 -> RGB PIL."""
+    arrays = [np.asarray(patch.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1) for patch in patches]
+    tensor = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).to(device).to(torch.float32).div_(255).to(dtype)
     with torch.inference_mode():
         out = model(tensor)
-        if out.ndim != 4 or out.shape[0] != 1 or out.shape[1] != 3:
+        if out.ndim != 4 or out.shape[0] != len(patches) or out.shape[1] != 3:
             raise UpscalerError(f"the upscaler returned a tensor of shape {list(out.shape)}")
-        out = out[0].to(torch.float32).clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
-        rgb = out.flip(0).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+        out = out.to(torch.float32).clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
+        rgb = out.flip(1).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(one), "RGB") for one in rgb]
 
 
 def _blend_mask(width: int, height: int, overlap: int, horizontal: bool) -> Image.Image:
@@ -386,11 +387,18 @@ def _blend_mask(width: int, height: int, overlap: int, horizontal: bool) -> Imag
     return Image.fromarray(np.ascontiguousarray(values), "L")
 
 
-def upscale_with_model(model: nn.Module, image: Image.Image, *, tile: int = 192, overlap: int = 8,
-                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                       cancel: Callable[[], bool] | None = None) -> Image.Image:
+def upscale_with_model(model: nn.Module, image: Image.Image | list[Image.Image], *, tile: int = 192,
+                       overlap: int = 8, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       cancel: Callable[[], bool] | None = None) -> Image.Image | list[Image.Image]:
     """One pass of `model` over `image` with A1111's PIL grid tiling (tile 0 = whole image) and BGR
-    feeding; `cancel` is checked before each tile and raises Canceled. Returns an RGB image."""
+    feeding; `cancel` is checked before each tile and raises Canceled. Returns an RGB image. A list
+    of images of one size runs each tile position as one batch (the same results, fewer calls)."""
+    if isinstance(image, list):
+        if len({picture.size for picture in image}) > 1:
+            raise ValueError("a batch of images to upscale must share one size")
+        pictures = image
+    else:
+        pictures = [image]
     if tile > 0 and not 0 <= overlap < tile:
         raise UpscalerError(f"tile overlap {overlap} must be at least 0 and below the tile size {tile}")
     device = torch.device(device)
@@ -398,44 +406,48 @@ def upscale_with_model(model: nn.Module, image: Image.Image, *, tile: int = 192,
     if cancel is not None and cancel():
         raise Canceled()
     if tile <= 0:
-        return _run_patch(model, image, device, dtype)
+        results = _run_patches(model, pictures, device, dtype)
+        return results if isinstance(image, list) else results[0]
 
-    width, height = image.size
+    width, height = pictures[0].size
     xs, ys = _grid_starts(width, tile, overlap), _grid_starts(height, tile, overlap)
-    result: Image.Image | None = None
+    results: list[Image.Image] = []
     mask_w = mask_h = None
     for y in ys:
-        strip: Image.Image | None = None
+        strips: list[Image.Image] = []
         for x in xs:
             if cancel is not None and cancel():
                 raise Canceled()
-            out = _run_patch(model, image.crop((x, y, x + tile, y + tile)), device, dtype)
-            if result is None:  # the first tile tells the scale
-                scale = out.width // tile
-                if scale < 1 or out.size != (tile * scale, tile * scale):
-                    raise UpscalerError(f"the upscaler turned a {tile}px tile into {out.width}x{out.height}")
+            outs = _run_patches(model, [picture.crop((x, y, x + tile, y + tile)) for picture in pictures],
+                                device, dtype)
+            if not results:  # the first tile tells the scale
+                scale = outs[0].width // tile
+                if scale < 1 or outs[0].size != (tile * scale, tile * scale):
+                    raise UpscalerError(f"the upscaler turned a {tile}px tile into {outs[0].width}x{outs[0].height}")
                 size, ov = tile * scale, overlap * scale
-                result = Image.new("RGB", (width * scale, height * scale))
+                results = [Image.new("RGB", (width * scale, height * scale)) for _ in pictures]
                 if ov:
                     mask_w = _blend_mask(ov, size, ov, horizontal=True)
                     mask_h = _blend_mask(width * scale, ov, ov, horizontal=False)
-            if strip is None:
-                strip = Image.new("RGB", (width * scale, size))
+            if not strips:
+                strips = [Image.new("RGB", (width * scale, size)) for _ in pictures]
             sx = x * scale
-            if sx == 0 or not ov:
-                strip.paste(out, (sx, 0))
-            else:
-                strip.paste(out.crop((0, 0, ov, size)), (sx, 0), mask=mask_w)
-                strip.paste(out.crop((ov, 0, size, size)), (sx + ov, 0))
-            del out
+            for strip, out in zip(strips, outs):
+                if sx == 0 or not ov:
+                    strip.paste(out, (sx, 0))
+                else:
+                    strip.paste(out.crop((0, 0, ov, size)), (sx, 0), mask=mask_w)
+                    strip.paste(out.crop((ov, 0, size, size)), (sx + ov, 0))
+            del outs
         sy = y * scale
-        if sy == 0 or not ov:
-            result.paste(strip, (0, sy))
-        else:
-            result.paste(strip.crop((0, 0, strip.width, ov)), (0, sy), mask=mask_h)
-            result.paste(strip.crop((0, ov, strip.width, size)), (0, sy + ov))
-        del strip
-    return result
+        for result, strip in zip(results, strips):
+            if sy == 0 or not ov:
+                result.paste(strip, (0, sy))
+            else:
+                result.paste(strip.crop((0, 0, strip.width, ov)), (0, sy), mask=mask_h)
+                result.paste(strip.crop((0, ov, strip.width, size)), (0, sy + ov))
+        del strips
+    return results if isinstance(image, list) else results[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,33 +503,37 @@ class UpscalerCache:
             self._models.popitem(last=False)
         return model
 
-    def _do_upscale(self, image: Image.Image, info: UpscalerInfo | None, scale: float,
-                    cancel: Callable[[], bool] | None) -> Image.Image:
+    def _do_upscale(self, images: list[Image.Image], info: UpscalerInfo | None, scale: float,
+                    cancel: Callable[[], bool] | None) -> list[Image.Image]:
         if info is None or info.name == "None":
-            return image
+            return images
         if info.path is None:
             if info.name not in BUILTIN_UPSCALERS:
                 raise UpscalerError(f'unknown upscaler "{info.name}"')
             resample = _LANCZOS if info.name == "Lanczos" else _NEAREST
-            return image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
-        return upscale_with_model(self.model(info), image, tile=self.tile, overlap=self.overlap,
+            return [image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
+                    for image in images]
+        return upscale_with_model(self.model(info), images, tile=self.tile, overlap=self.overlap,
                                   device=self.device, dtype=self.dtype, cancel=cancel)
 
-    def upscale(self, image: Image.Image, info: UpscalerInfo | None, scale: float, *,
-                cancel: Callable[[], bool] | None = None) -> Image.Image:
-        """A1111 Upscaler.upscale: up to 3 passes until >= int(W*scale)//8*8, then LANCZOS to it."""
-        dest_w = max(1, int((image.width * scale) // 8 * 8))
-        dest_h = max(1, int((image.height * scale) // 8 * 8))
+    def upscale(self, image: Image.Image | list[Image.Image], info: UpscalerInfo | None, scale: float, *,
+                cancel: Callable[[], bool] | None = None) -> Image.Image | list[Image.Image]:
+        """A1111 Upscaler.upscale: up to 3 passes until >= int(W*scale)//8*8, then LANCZOS to it.
+        A list of images of one size goes through the model together (tile by tile)."""
+        images = image if isinstance(image, list) else [image]
+        width, height = images[0].size
+        dest_w = max(1, int((width * scale) // 8 * 8))
+        dest_h = max(1, int((height * scale) // 8 * 8))
         for _ in range(3):
-            shape = image.size
-            image = self._do_upscale(image, info, scale, cancel)
-            if image.size == shape:
+            shape = images[0].size
+            images = self._do_upscale(images, info, scale, cancel)
+            if images[0].size == shape:
                 break
-            if image.width >= dest_w and image.height >= dest_h:
+            if images[0].width >= dest_w and images[0].height >= dest_h:
                 break
-        if image.size != (dest_w, dest_h):
-            image = image.resize((dest_w, dest_h), resample=_LANCZOS)
-        return image
+        images = [picture if picture.size == (dest_w, dest_h) else picture.resize((dest_w, dest_h), resample=_LANCZOS)
+                  for picture in images]
+        return images if isinstance(image, list) else images[0]
 
     def resize(self, image: Image.Image, width: int, height: int, info: UpscalerInfo | None, *,
                cancel: Callable[[], bool] | None = None) -> Image.Image:
