@@ -259,6 +259,22 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[limits] check_deadline_s must be positive")
     if not 0.0 <= config.models.inpainting_mask_weight <= 1.0:
         problems.append("[models] inpainting_mask_weight must be within 0-1")
+    if not (0.0 <= dflt.vary_subtle_strength <= 1.0 and 0.0 <= dflt.vary_strong_strength <= 1.0):
+        problems.append("[defaults] vary_subtle_strength and vary_strong_strength must be within 0-1")
+    if lim.max_hires_scale < 1 or lim.max_hires_side < lim.min_size or lim.max_hires_pixels < lim.min_size ** 2:
+        problems.append("[limits] max_hires_scale must be at least 1, max_hires_side and max_hires_pixels at least "
+                        "min_size (squared)")
+    if not 1.0 <= dflt.hr_scale <= lim.max_hires_scale:
+        problems.append("[defaults] hr_scale must be within 1-[limits] max_hires_scale")
+    if lim.max_upscale_by < 1 or lim.max_upscale_pixels < 64:
+        problems.append("[limits] max_upscale_by must be at least 1 and max_upscale_pixels at least 64")
+    if not 1.0 <= dflt.upscale_by <= lim.max_upscale_by:
+        problems.append("[defaults] upscale_by must be within 1-[limits] max_upscale_by")
+    models = config.models
+    if models.upscaler_cache_size < 1 or models.upscaler_tile < 0 or \
+            (models.upscaler_tile and not 0 <= models.upscaler_tile_overlap < models.upscaler_tile):
+        problems.append("[models] upscaler_cache_size must be at least 1, upscaler_tile 0 or more, and "
+                        "upscaler_tile_overlap below upscaler_tile")
     if config.models.pipeline_cache_size < 1:
         problems.append("[models] pipeline_cache_size must be at least 1")
     if config.previews.every_n_steps < 1:

@@ -49,7 +49,9 @@ async def test_imagine_from_defer_to_final_png_with_throttled_previews(models_di
         rows = [[c["custom_id"] for c in row["components"]] for row in message.components]
         assert rows[0] == ["easel:job:1:reroll", "easel:job:1:info", "easel:job:1:delete"]
         assert rows[1:] == [["easel:job:1:zoomout15", "easel:job:1:zoomout2"],
-                            ["easel:job:1:panleft", "easel:job:1:panright", "easel:job:1:panup", "easel:job:1:pandown"]]
+                            ["easel:job:1:panleft", "easel:job:1:panright", "easel:job:1:panup", "easel:job:1:pandown"],
+                            ["easel:job:1:upscale", "easel:job:1:varysubtle", "easel:job:1:varystrong",
+                             "easel:job:1:remix", "easel:job:1:useinit"]]
         await env.fake.wait_for(lambda: "🔁" in env.fake.message(message.id).reactions)
         # progress: edits at most ~1 per interval, previews shown as an attachment along the way
         edits = message.edits

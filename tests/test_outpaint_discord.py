@@ -47,6 +47,8 @@ async def test_results_carry_zoom_out_and_pan_buttons_that_queue_the_clickers_ow
             ["easel:job:1:reroll", "easel:job:1:info", "easel:job:1:delete"],
             ["easel:job:1:zoomout15", "easel:job:1:zoomout2"],
             ["easel:job:1:panleft", "easel:job:1:panright", "easel:job:1:panup", "easel:job:1:pandown"],
+            ["easel:job:1:upscale", "easel:job:1:varysubtle", "easel:job:1:varystrong", "easel:job:1:remix",
+             "easel:job:1:useinit"],
         ]
         assert [c.get("label") for c in layout[1]] == ["Zoom out 1.5x", "Zoom out 2x"]
         assert [c["emoji"]["name"] for c in layout[2]] == ["⬅️", "➡️", "⬆️", "⬇️"]
