@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         choice = resolve_sampler("Euler", "Automatic")
         text2image = StableDiffusionPipeline(**loaded.base.components)
         image2image = StableDiffusionImg2ImgPipeline(**loaded.base.components)
+        for pipe in (text2image, image2image):
+            pipe.set_progress_bar_config(disable=True)
         total, _ = second_pass_schedule(args.steps, 0.5)
 
         def raw_hires():
