@@ -308,12 +308,6 @@ async def remix(app: AppContext, job_id: int, requester: Requester, *, prompt: s
                                               negative_prompt=negative_prompt))
 
 
-def _only_known(**fields):
-    """Those of `fields` that `Ask` has (so this keeps working while request fields come and go)."""
-    known = {f.name for f in dataclasses.fields(Ask)}
-    return {name: value for name, value in fields.items() if name in known}
-
-
 async def plan_use_as_init(app: AppContext, job_id: int, image_index: int, requester: Requester) -> Prepared:
     """img2img from the chosen image: the job's prompt, negative prompt, checkpoint, sampler, steps,
     CFG, count and clip skip; the image's size; a new random seed; the default strength."""
@@ -322,13 +316,13 @@ async def plan_use_as_init(app: AppContext, job_id: int, image_index: int, reque
     source = ResultImage.of(image)
     if request.mode == "upscale":  # an upscale keeps only its texts: the rest from the defaults
         ask = Ask(mode="img2img", prompt=request.prompt, negative_prompt=request.negative_prompt,
-                  init_image=source, width=image.width, height=image.height, **_only_known(enable_hr=False))
+                  init_image=source, width=image.width, height=image.height, enable_hr=False)
     else:
         ask = Ask.again(request, mode="img2img", init_image=source, mask=None, width=image.width,
                         height=image.height, seed=None, strength=None, subseed=None, subseed_strength=0.0,
                         seed_resize_from_w=0, seed_resize_from_h=0, mask_blur=None, mask_invert=None,
                         masked_content=None, only_masked=None, only_masked_padding=None,
-                        **_only_known(enable_hr=False))
+                        enable_hr=False)
     return await app.submissions.prepare(ask, requester)
 
 

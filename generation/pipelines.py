@@ -190,6 +190,7 @@ class LoadedCheckpoint:
 
             factory = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
             self._derived[mode] = factory.from_pipe(self.base)
+            self._derived[mode].set_progress_bar_config(**getattr(self.base, "_progress_bar_config", {}))
         return self._derived[mode]
 
     @property

@@ -293,16 +293,18 @@ class GenerationService:
     def _queued_job(self, record) -> QueuedJob:
         """The scheduler's view of a row; its "checkpoint" is the model state (checkpoint and LoRA set)
         that affinity compares with what the executor has loaded."""
-        from .engine import model_state
+        from .engine import model_state, upscaler_state
 
         request = record.request
         try:
             loras = self.engine.lora_set(GenerationRequest.from_dict(request))
         except (EaselError, TypeError):  # a row the engine cannot read: it fails when it runs
             loras = ()
+        state = upscaler_state(str(request.get("upscaler"))) if request.get("mode") == "upscale" \
+            else model_state(record.checkpoint, loras)
         return QueuedJob(job_id=record.id, owner_id=record.owner_id, guild_id=record.guild_id, seq=record.id,
                          cost=record.cost, images=int(request.get("count", 1)),
-                         checkpoint=model_state(record.checkpoint, loras), batch_key=record.batch_key)
+                         checkpoint=state, batch_key=record.batch_key)
 
     def _announce(self, event: JobEvent) -> None:
         if isinstance(event, TERMINAL_EVENTS):

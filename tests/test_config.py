@@ -37,6 +37,12 @@ def test_cross_checks():
         config_from_mapping({"defaults": {"width": 500}}, env={})
     with pytest.raises(ConfigError, match="Unknown sampler"):
         config_from_mapping({"defaults": {"sampler": "Eulr"}}, env={})
+    with pytest.raises(ConfigError, match=r"\[defaults\] hr_scale must be within 1-\[limits\] max_hires_scale"):
+        config_from_mapping({"defaults": {"hr_scale": 3.0}, "limits": {"max_hires_scale": 2.0}}, env={})
+    with pytest.raises(ConfigError, match="upscaler_tile_overlap below upscaler_tile"):
+        config_from_mapping({"models": {"upscaler_tile": 8, "upscaler_tile_overlap": 8}}, env={})
+    with pytest.raises(ConfigError, match="vary_subtle_strength and vary_strong_strength must be within 0-1"):
+        config_from_mapping({"defaults": {"vary_strong_strength": 1.5}}, env={})
 
 
 def test_environment_overrides(tmp_path):

@@ -404,3 +404,54 @@ def test_postprocess_infotext_and_latent_modes():
         "Latent (nearest)": ("nearest", False),
         "Latent (nearest-exact)": ("nearest-exact", False),
     }
+
+
+# --------------------------------------------------------------------------- upscale jobs in the engine
+
+
+def _upscale_engine(models_dir, tmp_path):
+    from conftest import make_config
+    from generation.engine import Engine
+    from generation.registry import ModelRegistry
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny").symlink_to(models_dir / "checkpoints" / "tiny")
+    write_test_upscaler(root / "upscalers" / "2x-tiny.safetensors", "esrgan-new", scale=2)
+    config = make_config(root, tmp_path / "data", models={"upscaler_tile": 24, "upscaler_tile_overlap": 4})
+    registry = ModelRegistry.from_config(config)
+    registry.refresh()
+    return Engine(config=config, registry=registry)
+
+
+def test_upscale_jobs_check_cost_and_batch_like_their_alone_runs(models_dir, tmp_path):
+    """Two same-size upscales in one batch go through the model tile by tile together and get what
+    each gets alone; the key, cost and affinity state come from the upscaler, factor and size."""
+    from generation.engine import BatchItem, upscaler_state
+    from generation.errors import ModelNotFound
+    from generation.requests import GenerationRequest
+    from generation.scheduler import job_cost
+
+    engine = _upscale_engine(models_dir, tmp_path)
+    paths = []
+    for index, colour in enumerate(((200, 30, 30), (20, 160, 90))):
+        path = tmp_path / f"source{index}.png"
+        noise = Image.effect_noise((40, 32), 40).convert("RGB")
+        Image.blend(noise, Image.new("RGB", (40, 32), colour), 0.5).save(path)
+        paths.append(path)
+    requests = [GenerationRequest(prompt="", mode="upscale", init_image=str(path), width=40, height=32,
+                                  upscaler="2x-tiny", upscale_by=3.0, seed=1) for path in paths]
+    checked = engine.check(requests[0])
+    assert checked.batch_key == engine.check(requests[1]).batch_key == ("upscale", "2x-tiny", 3.0, 40, 32)
+    assert checked.cost == job_cost(120, 96, 1, 1) and checked.model_state == upscaler_state("2x-tiny")
+    together = engine.run_batch([BatchItem(key=i, request=r) for i, r in enumerate(requests)])
+    for index, request in enumerate(requests):
+        [alone] = engine.generate(request)
+        assert alone.image.size == (120, 96)  # a 2x model twice (4x), then LANCZOS to int(40 * 3) // 8 * 8
+        # one float rounding apart at most: a batched convolution may sum in another order
+        difference = np.abs(np.asarray(alone.image, dtype=np.int16) - np.asarray(together[index][0].image, np.int16))
+        assert difference.max() <= 1 and (difference == 0).mean() > 0.99
+        assert alone.postprocessing == "Postprocess upscale by: 3, Postprocess upscaler: 2x-tiny"
+    with pytest.raises(ModelNotFound, match="unknown upscaler '3x-tiny'; did you mean 2x-tiny"):
+        engine.check(GenerationRequest(prompt="", mode="upscale", init_image="x", width=8, height=8,
+                                       upscaler="3x-tiny"))
