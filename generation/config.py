@@ -147,6 +147,13 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Prometheus /metrics on host:port; port 0 = off.
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -157,6 +164,7 @@ class Config:
     previews: PreviewsConfig = field(default_factory=PreviewsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     discord_token: str = field(default="", repr=False)  # from DISCORD_TOKEN only, never from the file
 
     @property
@@ -281,6 +289,8 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[previews] every_n_steps must be at least 1")
     if config.queue.max_batch < 1 or config.queue.max_attempts < 1:
         problems.append("[queue] max_batch and max_attempts must be at least 1")
+    if not 0 <= config.metrics.port <= 65535:
+        problems.append("[metrics] port must be within 0-65535 (0: off)")
     try:
         from .samplers import resolve_sampler
 
