@@ -58,9 +58,9 @@ def counting_executor_class():
             super().__init__(engine, **kwargs)
             self.batch_sizes: list[int] = []
 
-        def run_batch(self, items):
+        def run_batch(self, items, device=None):
             self.batch_sizes.append(len(items))
-            return super().run_batch(items)
+            return super().run_batch(items, device)
 
     return CountingExecutor
 

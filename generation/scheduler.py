@@ -12,7 +12,8 @@ Model (start-time fair queueing, one FIFO queue and one virtual clock per member
   queue was empty restarts at ``max(own clock, virtual time)``: idle time cannot be saved up and spent
   later, yet a newcomer still goes before members who were already served in the current round.
 * Checkpoint affinity may pass over the fair choice for a head job at most ``affinity_lookahead`` places
-  further on whose checkpoint is already loaded; no job is passed over more than ``max_skips`` times.
+  further on whose checkpoint is already loaded (on one of the idle devices, when there are several);
+  no job is passed over more than ``max_skips`` times.
 * A batch is the chosen job plus other members' head jobs with the same ``batch_key``, in fair order, up
   to ``max_batch`` images; each advances its owner's clock as if served alone. A member's jobs are always
   served in their submit order.
@@ -24,7 +25,7 @@ import abc
 import heapq
 from bisect import insort
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
 
@@ -93,7 +94,7 @@ class JobScheduler(Protocol):
 
     def add(self, job: QueuedJob) -> None: ...
     def remove(self, job_id: int) -> QueuedJob | None: ...
-    def next_batch(self, *, loaded_checkpoint: str | None) -> list[QueuedJob]: ...
+    def next_batch(self, *, loaded_checkpoint: "str | Collection[str] | None") -> list[QueuedJob]: ...
     def position(self, job_id: int) -> int: ...
     def positions(self) -> dict[int, int]: ...
     def queued_count(self, owner_id: int | None = None, guild_id: int | None = None) -> int: ...
@@ -151,6 +152,14 @@ class _SchedulerBase(abc.ABC):
     def _check_new(self, job: QueuedJob) -> None:
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} is already queued")
+
+
+def _loaded_set(loaded: "str | Collection[str] | None") -> frozenset[str]:
+    if loaded is None:
+        return frozenset()
+    if isinstance(loaded, str):
+        return frozenset((loaded,))
+    return frozenset(state for state in loaded if state is not None)
 
 
 # Heap entries sort in fair order: (owner's clock, head's seq, head's job_id, owner_id).
@@ -299,13 +308,15 @@ class FairScheduler(_SchedulerBase):
         self._skips.pop(job_id, None)
         return job
 
-    def next_batch(self, *, loaded_checkpoint: str | None) -> list[QueuedJob]:
-        """Take the next batch off the queue (first job first); empty when nothing is queued."""
+    def next_batch(self, *, loaded_checkpoint: "str | Collection[str] | None") -> list[QueuedJob]:
+        """Take the next batch off the queue (first job first); empty when nothing is queued.
+        `loaded_checkpoint`: what is loaded where the batch may run (several: one per idle device)."""
         if not self._queues:
             return []
+        loaded = _loaded_set(loaded_checkpoint)
         walk = _FairWalk(self._queues, self._clocks, self._virtual_time, self._policy.max_batch)
-        lookahead = self._policy.affinity_lookahead if loaded_checkpoint is not None else 0
-        first = self._choose(walk.fair_heads(1 + lookahead), loaded_checkpoint)
+        lookahead = self._policy.affinity_lookahead if loaded else 0
+        first = self._choose(walk.fair_heads(1 + lookahead), loaded)
         batch = walk.take_batch(first)
         for job in batch:
             queue = self._queues[job.owner_id]
@@ -323,11 +334,11 @@ class FairScheduler(_SchedulerBase):
         }
         return batch
 
-    def _choose(self, candidates: list[QueuedJob], loaded_checkpoint: str | None) -> QueuedJob:
-        """The fair choice, or the first later candidate already on the loaded checkpoint that can be
+    def _choose(self, candidates: list[QueuedJob], loaded: frozenset[str]) -> QueuedJob:
+        """The fair choice, or the first later candidate already on a loaded checkpoint that can be
         reached without passing a job that has been passed over `max_skips` times."""
         for index, job in enumerate(candidates):
-            if job.checkpoint == loaded_checkpoint:
+            if job.checkpoint in loaded:
                 for passed in candidates[:index]:
                     self._skips[passed.job_id] = self._skips.get(passed.job_id, 0) + 1
                 return job
@@ -381,7 +392,7 @@ class FifoScheduler(_SchedulerBase):
             self._order.remove((job.seq, job.job_id))
         return job
 
-    def next_batch(self, *, loaded_checkpoint: str | None) -> list[QueuedJob]:
+    def next_batch(self, *, loaded_checkpoint: "str | Collection[str] | None") -> list[QueuedJob]:
         batch = self._batch_from([self._jobs[job_id] for _, job_id in self._order])
         for job in batch:
             self.remove(job.job_id)

@@ -1,8 +1,11 @@
 """One service for every frontend: submit, position, cancel, subscribe to events, history.
 
 The database is the source of truth (the queue is rows); the fair scheduler only decides the
-order and is rebuilt from the queued rows at start. A batch runs on the executor while this
-task publishes its events; every terminal state is written before it is announced.
+order and is rebuilt from the queued rows at start. The dispatcher waits for an idle device, picks
+the fair batch (preferring what an idle device has loaded), claims the device and runs the batch
+there in its own task, so there are never more batches in flight than devices; each task publishes
+its batch's events, and every terminal state is written before it is announced. A batch whose
+device went away (a worker stopped answering) is queued again, its attempts counted.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import AsyncIterator
 from .config import Config
 from .engine import BatchItem, CheckedRequest, Engine
 from .errors import EaselError
-from .executor import Executor, ItemCanceled, ItemFailed, ItemFinished, ItemProgress
+from .executor import Device, Executor, ItemCanceled, ItemFailed, ItemFinished, ItemLost, ItemProgress
 from .infotext import png_with_infotext
 from .previews import preview_png
 from .requests import GenerationRequest
@@ -159,9 +162,9 @@ class GenerationService:
         self._subscriptions: set[Subscription] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._running: set[int] = set()  # started jobs of the batch on the executor
-        self._busy = False  # a batch was picked and is not over yet
-        self._picked: set[int] = set()  # the jobs of that batch (no longer queued, maybe not started yet)
+        self._running: set[int] = set()  # started jobs of the batches on the executor
+        self._batches: set[asyncio.Task] = set()  # batches picked and not over yet, one per claimed device
+        self._picked: set[int] = set()  # the jobs of those batches (no longer queued, maybe not started yet)
         self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
         self._saving: set[int] = set()  # the jobs of those tasks
         self._announced_terminal: set[int] = set()
@@ -190,6 +193,10 @@ class GenerationService:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for task in list(self._batches):
+            task.cancel()
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
         if self._finishing:  # let results already computed reach the database
             await asyncio.gather(*self._finishing, return_exceptions=True)
 
@@ -218,7 +225,7 @@ class GenerationService:
                                             prompt=request.prompt, negative_prompt=request.negative_prompt)
         self._scheduler.add(self._queued_job(record))
         self._publish_positions()
-        self._wakeup.set()
+        self.wake()
         return record
 
     async def check_caps(self, owner_id: int, guild_id: int | None) -> None:
@@ -274,7 +281,7 @@ class GenerationService:
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """For tests and the CLI: until nothing is queued or running."""
         async def idle():
-            while len(self._scheduler) or self._running or self._busy or self._finishing:
+            while len(self._scheduler) or self._running or self._batches or self._finishing:
                 await asyncio.sleep(0.02)
         await asyncio.wait_for(idle(), timeout)
 
@@ -322,64 +329,101 @@ class GenerationService:
                 self._announce(JobQueued(job_id, position))
         self._positions = positions
 
+    def wake(self) -> None:
+        """Look at the queue again (a job came, or a device joined or became free)."""
+        self._wakeup.set()
+
     async def _dispatch_loop(self) -> None:
         while True:
-            batch = self._scheduler.next_batch(loaded_checkpoint=self.executor.loaded_checkpoint)
+            self._wakeup.clear()
+            await self.executor.wait_for_capacity()
+            batch = self._scheduler.next_batch(loaded_checkpoint=self.executor.idle_model_states)
             if not batch:
-                self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._busy = True
-            self._picked = {job.job_id for job in batch}
+            self._picked |= {job.job_id for job in batch}
             self._publish_positions()  # everyone behind the picked jobs moved up
-            try:
-                await self._run_batch(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("a batch failed unexpectedly")
-                await self._fail_unannounced(batch, "something went wrong on the bot's side; the error was logged")
-            finally:
-                self._busy = False
-                self._picked = set()
-            self._publish_positions()
+            device = self.executor.claim(batch[0].checkpoint)
+            task = asyncio.create_task(self._batch_on(device, batch), name=f"easel-batch-{batch[0].job_id}")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
 
-    async def _run_batch(self, batch: list[QueuedJob]) -> None:
-        items: list[BatchItem] = []
-        for job in batch:
-            if not await self.store.jobs.start(job.job_id):
-                await self._announce_stored_end(job.job_id)  # canceled or failed between pick and start
-                continue
-            record = await self.store.jobs.get(job.job_id)
-            self._running.add(job.job_id)
-            items.append(BatchItem(key=job.job_id, request=GenerationRequest.from_dict(record.request)))
-            self._announce(JobStarted(job.job_id))
-        self._publish_positions()
+    async def _batch_on(self, device: Device, batch: list[QueuedJob]) -> None:
         try:
-            async for event in self.executor.run_batch(items):
-                if isinstance(event, ItemProgress):
-                    preview = event.progress.preview
-                    self._announce(JobProgress(event.key, event.progress.step, event.progress.total,
-                                               preview_png(preview) if preview is not None else None))
-                elif isinstance(event, ItemFinished):
-                    # PNG files and the commit overlap with the next batch instead of keeping the GPU idle.
-                    self._saving.add(event.key)
-                    task = asyncio.create_task(self._finish(event))
-                    self._finishing.add(task)
-                    task.add_done_callback(self._finish_done)
-                elif isinstance(event, ItemFailed):
-                    if await self.store.jobs.fail(event.key, event.reason, from_status={"running"}):
-                        self._announce(JobFailed(event.key, event.reason))
-                elif isinstance(event, ItemCanceled):
-                    if await self.store.jobs.cancel(event.key, from_status={"running"}):
-                        self._announce(JobCanceled(event.key, event.reason))
-                    else:
-                        record = await self.store.jobs.get(event.key)
-                        if record is not None and record.status == "canceled":
-                            self._announce(JobCanceled(event.key, event.reason))
+            await self._run_batch(batch, device)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a batch failed unexpectedly")
+            await self._fail_unannounced(batch, "something went wrong on the bot's side; the error was logged")
         finally:
+            self._picked -= {job.job_id for job in batch}
+            self._publish_positions()
+            self.wake()
+
+    async def _run_batch(self, batch: list[QueuedJob], device: Device) -> None:
+        items: list[BatchItem] = []
+        try:
+            for job in batch:
+                if not await self.store.jobs.start(job.job_id):
+                    await self._announce_stored_end(job.job_id)  # canceled or failed between pick and start
+                    continue
+                record = await self.store.jobs.get(job.job_id)
+                request = GenerationRequest.from_dict(record.request)
+                reason = self.executor.unavailable(request)
+                if reason is not None:
+                    if await self.store.jobs.fail(job.job_id, reason, from_status={"running"}):
+                        self._announce(JobFailed(job.job_id, reason))
+                    continue
+                self._running.add(job.job_id)
+                items.append(BatchItem(key=job.job_id, request=request))
+                self._announce(JobStarted(job.job_id))
+            self._publish_positions()
+            if not items:
+                return
+            async for event in self.executor.run_batch(items, device):
+                await self._on_event(event)
+        finally:
+            self.executor.release(device)  # whatever happened (the executor releases it too)
             for item in items:
                 self._running.discard(item.key)
+
+    async def _on_event(self, event) -> None:
+        if isinstance(event, ItemProgress):
+            preview = event.progress.preview
+            self._announce(JobProgress(event.key, event.progress.step, event.progress.total,
+                                       preview_png(preview) if preview is not None else None))
+        elif isinstance(event, ItemFinished):
+            # PNG files and the commit overlap with the next batch instead of keeping the GPU idle.
+            self._saving.add(event.key)
+            task = asyncio.create_task(self._finish(event))
+            self._finishing.add(task)
+            task.add_done_callback(self._finish_done)
+        elif isinstance(event, ItemFailed):
+            if await self.store.jobs.fail(event.key, event.reason, from_status={"running"}):
+                self._announce(JobFailed(event.key, event.reason))
+        elif isinstance(event, ItemLost):
+            await self._requeue_lost(event)
+        elif isinstance(event, ItemCanceled):
+            if await self.store.jobs.cancel(event.key, from_status={"running"}):
+                self._announce(JobCanceled(event.key, event.reason))
+            else:
+                record = await self.store.jobs.get(event.key)
+                if record is not None and record.status == "canceled":
+                    self._announce(JobCanceled(event.key, event.reason))
+
+    async def _requeue_lost(self, event: ItemLost) -> None:
+        """The item's device went away: run it again elsewhere (its attempt counted), or fail it at
+        `[queue] max_attempts`, as after a crash."""
+        outcome = await self.store.jobs.requeue_lost(event.key, self.config.queue.max_attempts)
+        if not outcome:  # failed at the attempts cap, or canceled meanwhile
+            await self._announce_stored_end(event.key)
+            return
+        log.warning("job %s is queued again: %s", event.key, event.reason)
+        record = await self.store.jobs.get(event.key)
+        self._scheduler.add(self._queued_job(record))
+        self._publish_positions()
+        self.wake()
 
     async def _announce_stored_end(self, job_id: int) -> None:
         record = await self.store.jobs.get(job_id)

@@ -331,10 +331,19 @@ class JobRepository:
         `max_attempts` is the total number of tries a job gets (1: never retried).
         Returns (requeued ids, failed ids), each ascending; one transaction.
         """
+        _require_runner(runner)
+        return await self._requeue_running(and_(Job.status == "running", Job.runner == runner), max_attempts)
+
+    async def requeue_lost(self, job_id: int, max_attempts: int) -> bool | None:
+        """A running job whose device went away: queued again with the attempt counted (True), or
+        failed "interrupted N times" once attempts reach `max_attempts` (False); None when it was
+        not running (canceled or over meanwhile). One transaction, as `recover_interrupted`."""
+        requeued, failed = await self._requeue_running(and_(Job.status == "running", Job.id == job_id), max_attempts)
+        return True if requeued else (False if failed else None)
+
+    async def _requeue_running(self, interrupted, max_attempts: int) -> tuple[builtins.list[int], builtins.list[int]]:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        _require_runner(runner)
-        interrupted = and_(Job.status == "running", Job.runner == runner)
         next_attempts = Job.attempts + 1
         give_up = (
             update(Job)

@@ -85,9 +85,9 @@ async def held_queue(service):
     gate = asyncio.Event()
     original_run = service._run_batch
 
-    async def delayed(batch):
+    async def delayed(batch, device):
         await gate.wait()
-        await original_run(batch)
+        await original_run(batch, device)
 
     service._run_batch = delayed
     try:

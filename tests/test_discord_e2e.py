@@ -169,9 +169,9 @@ async def test_expired_interaction_token_posts_in_the_channel(models_dir, tmp_pa
         service = env.app.service
         original_run = service._run_batch
 
-        async def delayed(batch):
+        async def delayed(batch, device):
             await gate.wait()  # hold the job in the queue until the token has expired
-            await original_run(batch)
+            await original_run(batch, device)
 
         service._run_batch = delayed
         interaction = await env.fake.invoke_command("imagine", {"prompt": "a slow cat", "steps": 2},

@@ -36,9 +36,9 @@ async def test_prompts_never_ping_everyone_here_or_roles(models_dir, tmp_path):
         gate = asyncio.Event()
         original_run = env.app.service._run_batch
 
-        async def delayed(batch):
+        async def delayed(batch, device):
             await gate.wait()
-            await original_run(batch)
+            await original_run(batch, device)
 
         env.app.service._run_batch = delayed
         interaction = await env.fake.invoke_command("imagine", {"prompt": prompt, "steps": 2},

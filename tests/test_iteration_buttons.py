@@ -237,9 +237,9 @@ async def test_refusals_reach_only_the_presser_and_lose_nothing(models_dir, tmp_
         service = env.app.service
         original_run = service._run_batch
 
-        async def held(batch):
+        async def held(batch, device):
             await gate.wait()
-            await original_run(batch)
+            await original_run(batch, device)
 
         service._run_batch = held
         waiting = await env.fake.click_button(result, "easel:job:1:varysubtle", user=env.bob)

@@ -490,3 +490,14 @@ def test_fifo_positions_match_serving_and_rebuild(seed):
     assert [job for batch in drain(scheduler, loaded="a") for job in batch] == estimated
     if not batching:
         assert estimated == sorted(jobs, key=lambda job: job.seq)
+
+
+def test_affinity_with_several_idle_devices_matches_any_of_them(make):
+    """With two idle devices (one has "y", the other "z" loaded), a head on either is preferred within
+    the lookahead; None entries (a device with nothing loaded) are ignored."""
+    scheduler = FairScheduler(SchedulerPolicy(max_batch=1, affinity_lookahead=2))
+    jobs = [make(1, checkpoint="x"), make(2, checkpoint="z"), make(3, checkpoint="y")]
+    for job in jobs:
+        scheduler.add(job)
+    assert scheduler.next_batch(loaded_checkpoint={"y", "z", None}) == [jobs[1]]
+    assert scheduler.next_batch(loaded_checkpoint=[None]) == [jobs[0]]  # nothing loaded anywhere: fair order

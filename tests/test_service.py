@@ -27,9 +27,9 @@ class CountingExecutor(LocalExecutor):
         super().__init__(engine)
         self.batches: list[list] = []
 
-    def run_batch(self, items):
+    def run_batch(self, items, device=None):
         self.batches.append([item.key for item in items])
-        return super().run_batch(items)
+        return super().run_batch(items, device)
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -222,9 +222,9 @@ async def test_positions_move_up_as_soon_as_a_batch_is_picked(make_service):
     gate = asyncio.Event()
     original = service._run_batch
 
-    async def held(batch):
+    async def held(batch, device):
         await gate.wait()
-        await original(batch)
+        await original(batch, device)
 
     service._run_batch = held
     first = await service.submit(tiny_request(seed=1), owner_id=1)

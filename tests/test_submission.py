@@ -357,7 +357,7 @@ async def test_every_job_of_a_broken_batch_gets_one_final_event(make_env):
     env = await make_env()
 
     class Broken(LocalExecutor):
-        def run_batch(self, items):
+        def run_batch(self, items, device=None):
             raise RuntimeError("boom")
 
     env.service.executor = Broken(env.engine)
