@@ -44,8 +44,15 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
         registry = ModelRegistry.from_config(config)
         await refresh_models(registry, store)
         engine = Engine(config=config, registry=registry)
-        executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
+        if config.workers.broker_url:  # GPU workers run the jobs: this process loads no model
+            from generation.remote import RemoteExecutor
+
+            executor = RemoteExecutor(config, lora_names=lambda request: [use[0] for use in engine.lora_set(request)])
+            await executor.start()
+        else:
+            executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
         service = GenerationService(config=config, store=store, engine=engine, executor=executor)
+        executor.on_change = service.wake
         uploads = UploadStore(config=config, store=store)
         pruned = await uploads.prune()
         if pruned:
@@ -61,6 +68,8 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
             await service.stop()
         if executor is not None:
             await asyncio.to_thread(executor.shutdown)
+            if hasattr(executor, "close"):
+                await executor.close()
         await store.close()
 
 

@@ -207,6 +207,17 @@ async def _follow(events, out: Path, progress) -> int:
     return 0
 
 
+def worker(config: Config, *, device: str | None, name: str | None) -> int:
+    import logging
+
+    from generation import worker as worker_module
+
+    if device:
+        config = dataclasses.replace(config, device=dataclasses.replace(config.device, device=device.lower()))
+    logging.getLogger().setLevel(logging.WARNING)
+    return worker_module.serve(config, name=name or worker_module.default_name())
+
+
 def run_bot(config: Config) -> int:
     from bot.app import run
 

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     _add_generate(sub)
     _add_upscale(sub)
+    p = sub.add_parser("worker", help="serve the bot's jobs on one GPU, through the broker (EASEL_BROKER_URL)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: config's [device])")
+    p.add_argument("--name", default=None, help="this worker's name (default: host-pid)")
     sub.add_parser("models", help="list checkpoints and embeddings with hashes and skip reasons")
     p = sub.add_parser("make-test-model",
                        help="write a tiny offline SD-1.x model (random weights) for tests and demos")
@@ -124,6 +127,8 @@ def _dispatch(args) -> int:
         return commands.generate(config, args, progress=_progress_bar)
     if args.command == "run":
         return commands.run_bot(config)
+    if args.command == "worker":
+        return commands.worker(config, device=args.device, name=args.name)
     raise AssertionError(args.command)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    # Redis URL of the Celery broker (EASEL_BROKER_URL overrides it). Empty: the bot runs jobs on
+    # its own device; set: `easel run` loads no model and dispatches to `easel worker` processes.
+    broker_url: str = ""
+    # A worker beats every heartbeat_s; one silent for lease_s is gone and its jobs run elsewhere.
+    heartbeat_s: float = 1.0
+    lease_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -165,6 +176,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     discord_token: str = field(default="", repr=False)  # from DISCORD_TOKEN only, never from the file
 
     @property
@@ -197,7 +209,7 @@ class Config:
         return self.data_dir / "uploads"
 
 
-_DEVICES = ("auto", "cpu", "cuda", "mps")
+_DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, one GPU of several
 
 
 def _check_value(section: str, key: str, value: Any, expected: type) -> tuple[Any, str | None]:
@@ -229,7 +241,7 @@ def _check_value(section: str, key: str, value: Any, expected: type) -> tuple[An
 def _cross_checks(config: Config) -> list[str]:
     problems = []
     lim, dflt = config.limits, config.defaults
-    if config.device.device not in _DEVICES:
+    if config.device.device not in _DEVICES and not re.fullmatch(r"cuda:\d+", config.device.device):
         problems.append(f"[device] device must be one of {', '.join(_DEVICES)}, not {config.device.device!r}")
     if not 1 <= lim.min_steps <= lim.max_steps:
         problems.append("[limits] need 1 <= min_steps <= max_steps")
@@ -263,6 +275,10 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[limits] max_prompt_parts must be at least 1")
     if lim.max_prompt_chars < 1 or lim.max_schedule_texts < 1 or lim.max_prompt_weight <= 0:
         problems.append("[limits] max_prompt_chars, max_schedule_texts and max_prompt_weight must be positive")
+    if not 0 < config.workers.heartbeat_s < config.workers.lease_s:
+        problems.append("[workers] need 0 < heartbeat_s < lease_s")
+    if config.workers.broker_url and not config.workers.broker_url.startswith(("redis://", "rediss://")):
+        problems.append("[workers] broker_url must be a redis:// or rediss:// URL")
     if lim.check_deadline_s <= 0:
         problems.append("[limits] check_deadline_s must be positive")
     if not 0.0 <= config.models.inpainting_mask_weight <= 1.0:
@@ -335,6 +351,8 @@ def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None =
         overrides.setdefault("paths", {})["models_dir"] = env["EASEL_MODELS_DIR"]
     if env.get("EASEL_DEVICE"):
         overrides["device"] = {"device": env["EASEL_DEVICE"].strip().lower()}
+    if env.get("EASEL_BROKER_URL"):
+        overrides["workers"] = {"broker_url": env["EASEL_BROKER_URL"].strip()}
     for section, changes in overrides.items():
         config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **changes)})
     config = dataclasses.replace(config, discord_token=env.get("DISCORD_TOKEN", "").strip())

@@ -82,6 +82,7 @@ class GeneratedImage:
     image: Image.Image
     infotext: str  # the PNG's "parameters"
     postprocessing: str = ""  # an upscale's A1111 "postprocessing" text (its PNG's "extras" too)
+    png: bytes = b""  # the finished file, when a worker made it already (then `image` is its lazy opening)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class LocalExecutor:
     """Runs batches on this machine's device in one dedicated thread."""
 
     DEVICE = "local"
+    on_change = None  # one device that never comes or goes: nothing to tell
 
     def __init__(self, engine: Engine, *, job_timeout_s: float | None = None):
         self.engine = engine

@@ -37,12 +37,15 @@ class DeviceSpec:
                 wanted = "mps"
             else:
                 wanted = "cpu"
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError("EASEL_DEVICE is cuda but no CUDA GPU is available")
-        if wanted == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ModelLoadError("EASEL_DEVICE is mps but MPS is not available")
+        kind, _, index = wanted.partition(":")  # cuda:1 is the second GPU
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"the device is {wanted} but no CUDA GPU is available")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise ModelLoadError(f"the device is {wanted} but this machine has {torch.cuda.device_count()} GPU(s)")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelLoadError("the device is mps but MPS is not available")
         # fp16 halves memory and is what SD runs in on GPUs; CPUs have no fast fp16 kernels.
-        return cls(device=wanted, dtype=torch.float16 if wanted in ("cuda", "mps") else torch.float32)
+        return cls(device=wanted, dtype=torch.float16 if kind in ("cuda", "mps") else torch.float32)
 
 
 # A1111's "Inpainting conditioning mask strength" (opts.inpainting_mask_weight): 1 hides the whole
@@ -285,7 +288,7 @@ class PipelineCache:
             log.info("unloading checkpoint %s", dropped.info.name)
             del dropped
             gc.collect()
-            if self._device.device == "cuda":
+            if self._device.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         log.info("loading checkpoint %s", info.name)
         entry = self._loader(info, self._device)

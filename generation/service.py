@@ -193,10 +193,11 @@ class GenerationService:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for task in list(self._batches):
-            task.cancel()
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
+        while self._batches:
+            # Again until they end: a client library may swallow one cancellation mid-read.
+            for task in list(self._batches):
+                task.cancel()
+            await asyncio.wait(list(self._batches), timeout=0.5)
         if self._finishing:  # let results already computed reach the database
             await asyncio.gather(*self._finishing, return_exceptions=True)
 
@@ -495,7 +496,7 @@ def _write_images(folder: Path, images) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for image in images:
-        data = png_with_infotext(image.image, image.infotext, postprocessing=image.postprocessing)
+        data = image.png or png_with_infotext(image.image, image.infotext, postprocessing=image.postprocessing)
         path = folder / f"{image.index}-{image.seed}.png"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
