@@ -23,6 +23,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	# The Discord end-to-end suite once more, its jobs run by two `easel worker` processes through Redis.
+	EASEL_TEST_WORKERS=1 $(PY) -m pytest -q tests/test_discord_e2e.py
 
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
@@ -30,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/prompt_encoding.py
 	$(PY) bench/discord_ack.py
 	$(PY) bench/lora.py
+	$(PY) bench/workers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -90,13 +90,15 @@ class BatchMessage:
     batch: str
     items: list[dict[str, Any]] = field(default_factory=list)  # {"key", "request", "inputs": {field: sha}}
     timeout_s: float | None = None
+    preview_every: int | None = None  # the bot's [previews] every_n_steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BatchMessage":
-        return cls(batch=str(data["batch"]), items=list(data["items"]), timeout_s=data.get("timeout_s"))
+        return cls(batch=str(data["batch"]), items=list(data["items"]), timeout_s=data.get("timeout_s"),
+                   preview_every=data.get("preview_every"))
 
 
 def celery_app(broker_url: str):

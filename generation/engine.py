@@ -445,8 +445,11 @@ class Engine:
             raise Canceled(item.cancel.reason)
         return results[0]
 
-    def run_batch(self, items: Sequence[BatchItem], *, on_progress: ProgressCallback | None = None) -> dict[Hashable, list[GeneratedImage] | None]:
-        """Run compatible requests as one call. A canceled item maps to None; if all are canceled, raises Canceled."""
+    def run_batch(self, items: Sequence[BatchItem], *, on_progress: ProgressCallback | None = None,
+                  preview_every: int | None = None) -> dict[Hashable, list[GeneratedImage] | None]:
+        """Run compatible requests as one call. A canceled item maps to None; if all are canceled, raises
+        Canceled. `preview_every`: steps between previews (default `[previews] every_n_steps`; a
+        worker takes the bot's)."""
         if not items:
             return {}
         first = items[0].request
@@ -467,7 +470,7 @@ class Engine:
             for embedding in self.embeddings_used(item.request):
                 used[embedding.trigger] = embedding
         ensure_loaded(loaded.base, used.values(), loaded.embeddings)
-        return _BatchRun(engine=self, loaded=loaded, pipe=pipe, items=list(items), used=used,
+        return _BatchRun(engine=self, loaded=loaded, pipe=pipe, items=list(items), used=used, preview_every=preview_every,
                          on_progress=on_progress).run()
 
 
@@ -578,7 +581,7 @@ class _LoraFiles:
 class _BatchRun:
     """One pipeline call for a batch: conditioning, generators, the per-step callback, splitting results."""
 
-    def __init__(self, *, engine: Engine, loaded: LoadedCheckpoint, pipe, items: list[BatchItem],
+    def __init__(self, *, engine: Engine, loaded: LoadedCheckpoint, pipe, items: list[BatchItem], preview_every=None,
                  used: dict[str, EmbeddingInfo], on_progress: ProgressCallback | None):
         self.engine = engine
         self.loaded = loaded
@@ -590,7 +593,7 @@ class _BatchRun:
         self.choice = resolve_sampler(self.request.sampler, self.request.schedule)
         self.seeds = [seed for item in items for seed in item.request.seeds()]
         self.owner = [index for index, item in enumerate(items) for _ in range(item.request.count)]
-        self.every = engine.config.previews.every_n_steps
+        self.every = preview_every or engine.config.previews.every_n_steps
         self.guidance = None  # ComposableGuidance while a composable batch runs
         self.inpaint_jobs: list[InpaintJob] | None = None  # per item, in inpaint mode
         self.blend: _LatentBlend | None = None  # in inpaint mode

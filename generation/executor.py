@@ -219,14 +219,14 @@ class LocalExecutor:
             await asyncio.shield(future)
 
 
-def run_items(engine: Engine, items: list[BatchItem], *, on_progress):
+def run_items(engine: Engine, items: list[BatchItem], *, on_progress, preview_every: int | None = None):
     """Run a batch on the calling thread (the device's), yielding one final event per item. Out of
     memory: halve the batch and retry, then fail the single item. Local and remote workers share it."""
     pending = [items]
     while pending:
         group = pending.pop(0)
         try:
-            results = engine.run_batch(group, on_progress=on_progress)
+            results = engine.run_batch(group, on_progress=on_progress, preview_every=preview_every)
         except Canceled:
             for item in group:
                 yield _stopped(item)

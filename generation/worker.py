@@ -172,7 +172,7 @@ class Worker:
             send("progress", key=key, step=step.step, total=step.total, preview=preview)
 
         try:
-            for event in run_items(self.engine, items, on_progress=progress):
+            for event in run_items(self.engine, items, on_progress=progress, preview_every=message.preview_every):
                 if isinstance(event, ItemFinished):
                     described = []
                     pipe = self.redis.pipeline()

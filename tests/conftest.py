@@ -81,3 +81,28 @@ def tiny_request(**changes):
     fields = dict(prompt="a red cat", width=64, height=64, steps=4, seed=1234, sampler="Euler")
     fields.update(changes)
     return GenerationRequest(**fields)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpu_workers_for_the_bot(request):
+    """With EASEL_TEST_WORKERS=1 (make test runs the Discord end-to-end file once so), every bot the
+    tests start dispatches to two real `easel worker` processes through a real Redis instead of
+    running jobs itself (discord_support reads the broker URL set here)."""
+    if not os.environ.get("EASEL_TEST_WORKERS"):
+        yield None
+        return
+    import discord_support
+    from workers_support import WorkerProcess, redis_server, wait_until_beating
+
+    models = request.getfixturevalue("models_dir")
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("workers")
+    with redis_server() as url:
+        workers = [WorkerProcess(name, broker_url=url, models_dir=models, data_dir=folder) for name in ("e2e-1", "e2e-2")]
+        try:
+            wait_until_beating(url, [worker.name for worker in workers])
+            discord_support.BROKER_URL, discord_support.WORKER_MODELS = url, models
+            yield url
+        finally:
+            discord_support.BROKER_URL = discord_support.WORKER_MODELS = None
+            for worker in workers:
+                worker.stop()

@@ -22,12 +22,20 @@ class BotEnv:
     channel: object
 
 
+# Set by conftest's gpu_workers_for_the_bot (EASEL_TEST_WORKERS=1): bots on the workers' models
+# folder dispatch to real workers (a test with a folder of its own runs its jobs itself).
+BROKER_URL: str | None = None
+WORKER_MODELS: Path | None = None
+
+
 @contextlib.asynccontextmanager
 async def easel_on_fake_discord(models_dir: Path, data_dir: Path, *, fake=None, **sections):
     """The fake Discord (unless one is given), one guild with alice, bob and a moderator, and the bot."""
     from bot.app import open_app, running_bot
 
     sections.setdefault("discord", {}).setdefault("progress_edit_interval_s", 0.5)
+    if BROKER_URL and Path(models_dir) == WORKER_MODELS:
+        sections.setdefault("workers", {}).update(broker_url=BROKER_URL, heartbeat_s=0.2, lease_s=1.5)
     config = make_config(models_dir, data_dir, **sections)
     async with contextlib.AsyncExitStack() as stack:
         if fake is None:
@@ -38,6 +46,10 @@ async def easel_on_fake_discord(models_dir: Path, data_dir: Path, *, fake=None, 
             fake.add_member(guild, name="mod", permissions=(1 << 13) | (1 << 5))  # Manage Messages + Manage Server
         guild = next(iter(fake.state.guilds.values()))
         app = await stack.enter_async_context(open_app(config))
+        if config.workers.broker_url:  # the jobs really go to the workers
+            from generation.remote import RemoteExecutor
+
+            assert isinstance(app.service.executor, RemoteExecutor)
         bot = await stack.enter_async_context(running_bot(app, **CLIENT_OPTIONS))
         await stack.enter_async_context(fake.run_client(bot))
         members = {m.user.name: m.user for m in guild.members.values()}

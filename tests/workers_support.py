@@ -109,3 +109,18 @@ async def wait_for_workers(executor, names, timeout: float = 60.0) -> None:
             raise TimeoutError(f"workers {sorted(set(names) - set(executor.workers))} did not come up")
         await executor.poll()
         await asyncio.sleep(0.1)
+
+
+def wait_until_beating(broker_url: str, names, timeout: float = 90.0) -> None:
+    """Until every named worker's heartbeat is on the broker (synchronous, for fixtures)."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while not all(client.exists(f"easel:worker:{name}") for name in names):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers {list(names)} did not come up")
+            time.sleep(0.2)
+    finally:
+        client.close()
