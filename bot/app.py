@@ -18,6 +18,7 @@ from generation.config import Config
 from generation.engine import Engine
 from generation.errors import ModelNotFound
 from generation.executor import LocalExecutor
+from generation.metrics import metrics_running
 from generation.registry import ModelRegistry
 from generation.service import GenerationService
 from generation.submission import Submissions
@@ -40,6 +41,7 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
     executor = None
     service = None
     submissions = None
+    metrics = None
     try:
         registry = ModelRegistry.from_config(config)
         await refresh_models(registry, store)
@@ -53,6 +55,8 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
             executor = LocalExecutor(engine, job_timeout_s=config.queue.job_timeout_s)
         service = GenerationService(config=config, store=store, engine=engine, executor=executor)
         executor.on_change = service.wake
+        metrics = metrics_running(config, store=store, service=service, executor=executor)
+        await metrics.__aenter__()
         uploads = UploadStore(config=config, store=store)
         pruned = await uploads.prune()
         if pruned:
@@ -62,6 +66,8 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
         yield AppContext(config=config, store=store, registry=registry, engine=engine, service=service,
                          submissions=submissions, uploads=uploads)
     finally:
+        if metrics is not None:
+            await metrics.__aexit__(None, None, None)
         if submissions is not None:
             submissions.close()
         if service is not None:

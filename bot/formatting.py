@@ -158,6 +158,14 @@ GUILD_LIMIT_LABELS: dict[str, str] = {"max_steps": "Max steps", "max_width": "Ma
                                       "max_queued": "Max queued in the server"}
 
 
+def worker_line(view) -> str:
+    """One GPU worker for /admin workers (a metrics.WorkerView)."""
+    memory = f" · {view.free_memory / 2**30:.1f} GiB free" if view.free_memory is not None else ""
+    loaded = f" · {clip(view.loaded, 80)}" if view.loaded else " · nothing loaded"
+    state = "🟠 busy" if view.busy else "🟢 idle"
+    return f"**{escape(view.name)}** {state} on {view.device}{loaded}{memory} · seen {view.last_seen_s:.1f} s ago"
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"

@@ -215,3 +215,32 @@ class Metrics:
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info("serving Prometheus metrics on http://%s:%d/metrics", host, bound)
         return MetricsServer(runner, host, bound)
+
+
+@contextlib.asynccontextmanager
+async def metrics_running(config, *, store, service, executor):
+    """The /metrics endpoint for a bot, while the context lasts (nothing when `[metrics] port` is 0):
+    job metrics from the service's events and the store, worker metrics from a worker pool's
+    `views()` every second."""
+    if not config.metrics.port:
+        yield None
+        return
+    metrics = Metrics()
+    await metrics.seed(store, runner=service.runner)
+    tasks = [asyncio.create_task(metrics.follow(service), name="easel-metrics")]
+    if hasattr(executor, "views"):
+        async def observe() -> None:
+            while True:
+                metrics.observe_workers(executor.views())
+                await asyncio.sleep(1.0)
+        tasks.append(asyncio.create_task(observe(), name="easel-metrics-workers"))
+    server = None
+    try:
+        server = await metrics.serve(config.metrics.host, config.metrics.port)
+        yield metrics
+    finally:
+        if server is not None:
+            await server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -104,6 +104,18 @@ class RemoteExecutor:
         if changed and self.on_change is not None:
             self.on_change()
 
+    def views(self) -> list:
+        """The live workers for /admin workers and the metrics (metrics.WorkerView)."""
+        import time
+
+        from .metrics import WorkerView
+
+        now = time.time()
+        return [WorkerView(name=name, busy=name in self._claimed or bool(beat.busy and beat.busy not in self._sent),
+                           device=beat.device, loaded=self._loaded(beat), free_memory=beat.free_memory,
+                           last_seen_s=max(0.0, now - beat.sent_at))
+                for name, beat in sorted(self.workers.items())]
+
     # ------------------------------------------------------------------ the Executor interface
     def _idle(self) -> list[broker.Heartbeat]:
         """Live workers this bot has not claimed and that run nothing else (a heartbeat that still

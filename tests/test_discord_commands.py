@@ -105,7 +105,7 @@ async def test_schema_listing_commands_and_empty_states(own_models, tmp_path):
         assert admin["default_member_permissions"] == str(MANAGE_SERVER)
         assert admin.get("contexts") == [0] or admin.get("dm_permission") is False
         assert {o["name"] for o in admin["options"]} == {"show", "limits", "channel", "banned-word", "checkpoint",
-                                                         "nsfw-filter", "nsfw-word", "upscaler"}
+                                                         "nsfw-filter", "nsfw-word", "upscaler", "workers"}
         owner = env.fake.command("owner")
         assert {o["name"] for o in owner["options"]} == {"refresh", "embedding-add", "lora-add"}
         imagine = env.fake.command("imagine")

@@ -212,3 +212,31 @@ async def test_a_model_no_live_worker_has_fails_with_a_clear_reason(broker, mode
             assert isinstance(by_job[present.id], JobFinished)
             assert isinstance(by_job[missing.id], JobFailed)
             assert "no GPU worker has checkpoint 'tiny.safetensors'" in by_job[missing.id].reason
+
+
+async def test_admin_workers_and_metrics_show_the_pool(broker, models_dir, tmp_path):
+    """/admin workers on the fake Discord and /metrics over HTTP, with one real worker."""
+    import aiohttp
+
+    from discord_support import easel_on_fake_discord
+    from workers_support import free_port
+
+    port = free_port()
+    with workers(["shown"], broker_url=broker, models_dir=models_dir, data_dir=tmp_path / "workers"):
+        async with easel_on_fake_discord(models_dir, tmp_path / "bot", metrics={"port": port},
+                                         workers={"broker_url": broker, "heartbeat_s": 0.2, "lease_s": 1.5}) as env:
+            await wait_for_workers(env.app.service.executor, ["shown"])
+            done = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2}, user=env.alice,
+                                                 guild=env.guild, channel=env.channel)
+            await done.wait_for_original(lambda m: bool(m.attachments), timeout=60)
+            shown = await env.fake.invoke_command("admin", {}, subcommand="workers", user=env.mod, guild=env.guild,
+                                                  channel=env.channel)
+            message = await shown.wait_for_original(lambda m: bool(m.embeds))
+            text = message.embeds[0]["title"] + message.embeds[0]["description"]
+            assert "GPU workers (1, 0 busy)" in text and "**shown** 🟢 idle on cpu · tiny" in text
+            await asyncio.sleep(1.2)  # one observation of the pool
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    body = await response.text()
+            assert 'easel_worker_up{worker="shown"} 1.0' in body
+            assert 'easel_jobs_total{status="finished"} 1.0' in body

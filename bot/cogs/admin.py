@@ -18,7 +18,7 @@ from generation.errors import EaselError, ModelNotFound
 from ..context import AppContext
 from .settings import upscaler_autocomplete
 from ..formatting import (MAX_EMBED_DESCRIPTION, clip, escape, guild_limit_lines, guild_settings_lines, join_within,
-                          plural)
+                          plural, worker_line)
 from ..preferences import (MAX_BANNED_WORD_CHARS, allowed_channels_after, banned_words_after,
                            disabled_checkpoints_after, guild_limit_changes, normalized_banned_word)
 
@@ -159,6 +159,24 @@ def build_admin_cog(app: AppContext) -> commands.Cog:
             _, shown, settings = await edit_word_list(interaction, "nsfw_words", word, add=add)
             state = "" if settings.get("nsfw_filter") else " (the NSFW filter is off: turn it on with /admin nsfw-filter)"
             await reply(interaction, f"“{shown}” {'added to' if add else 'removed from'} this server's NSFW words{state}.")
+
+        @app_commands.command(name="workers", description="The GPU workers that run this bot's jobs")
+        @admin_only
+        async def workers(self, interaction: discord.Interaction):
+            executor = app.service.executor
+            if not hasattr(executor, "views"):
+                await reply(interaction, "This bot runs every job on its own device; set `[workers] broker_url` "
+                                         "(EASEL_BROKER_URL) and start `easel worker` processes to add GPUs.")
+                return
+            views = executor.views()
+            if not views:
+                await reply(interaction, "No GPU worker is up: jobs wait in the queue until one starts.")
+                return
+            busy = sum(view.busy for view in views)
+            embed = discord.Embed(title=f"GPU workers ({len(views)}, {busy} busy)", colour=discord.Colour.blurple(),
+                                  description=join_within([worker_line(view) for view in views], MAX_EMBED_DESCRIPTION))
+            embed.set_footer(text=f"{len(app.service.queued_jobs())} jobs waiting")
+            await reply(interaction, "", embed=embed)
 
         @app_commands.command(name="upscaler", description="The upscaler and factor of this server's Upscale button")
         @app_commands.describe(upscaler="An upscaler from /upscalers", scale="How many times larger")
