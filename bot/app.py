@@ -115,8 +115,14 @@ def missing_checkpoint_note(registry: ModelRegistry) -> str | None:
 
 
 async def serve(config: Config) -> None:
+    from generation.first_run import fetch_at_start
+
     async with open_app(config) as app:
+        # First run (as A1111): an empty checkpoints/ gets the default model ([models] download_default).
+        not_downloaded = await fetch_at_start(config, app.registry, app.store)
         note = missing_checkpoint_note(app.registry)
+        if note and not_downloaded:
+            note += f"; {not_downloaded}"
         if note:
             # Keep running: /owner refresh picks up a checkpoint without a restart, every other
             # command works, and the operator can check the Discord side meanwhile.

@@ -32,12 +32,38 @@ def describe(error: BaseException) -> str:
 
 
 async def send_error(interaction: discord.Interaction, error: BaseException) -> None:
-    """Ephemeral when still possible; otherwise edit the deferred response."""
+    """To the member alone: an ephemeral reply, or, once the interaction was acknowledged (a public
+    "thinking" placeholder), an ephemeral follow-up with the placeholder removed."""
     text = f"⚠️ {describe(error)}"[:2000]
+    await tell_privately(interaction, text)
+
+
+async def tell_privately(interaction: discord.Interaction, text: str, **kwargs) -> None:
+    """`text` (and a view, ...) to the member alone, whatever the interaction's acknowledgement was."""
     try:
-        if interaction.response.is_done():
-            await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True, **kwargs)
+            return
+        # Discord turns the first follow-up after a "thinking" acknowledgement into that (public)
+        # message: end the placeholder's loading state first, so the follow-up is a private one.
+        await interaction.edit_original_response(content="…", embed=None, attachments=[], view=None)
+        await interaction.followup.send(text, ephemeral=True, **kwargs)
     except discord.HTTPException:
-        log.warning("could not tell the member about an error: %s", text)
+        log.warning("could not tell the member: %s", text)
+        return
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        pass  # already gone
+
+
+async def acknowledge_then(interaction: discord.Interaction, work, *, ephemeral: bool = False) -> None:
+    """Acknowledge at once ("thinking"), so Discord's 3 s deadline is met whatever the checks cost,
+    then `await work()`: checks, downloads, queueing. A refusal from it reaches the member alone."""
+    await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+    try:
+        await work()
+    except Exception as exc:
+        if not isinstance(exc, EaselError):
+            log.exception("a command failed after its acknowledgement")
+        await send_error(interaction, exc)

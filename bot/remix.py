@@ -17,7 +17,7 @@ from generation.config import LimitsConfig
 from generation.errors import EaselError
 
 from . import actions
-from .errors import send_error
+from .errors import send_error, tell_privately
 from .formatting import MAX_TEXT_INPUT
 from .requesters import requester_of
 
@@ -55,6 +55,7 @@ class RemixModal(discord.ui.Modal):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         app = interaction.client.app  # type: ignore[attr-defined]
         prompt, negative = self.prompt.value or "", self.negative.value or ""
+        await interaction.response.defer(thinking=True)  # acknowledged first, checked after
         try:
             plan = await actions.plan_remix(app, self.job_id, requester_of(interaction), prompt=prompt,
                                             negative_prompt=negative)
@@ -62,9 +63,8 @@ class RemixModal(discord.ui.Modal):
             # only the member sees it, and what they typed is one press away
             view = EditAgainView(self.job_id, prompt=prompt, negative_prompt=negative,
                                  max_chars=form_max_chars(app.config.limits))
-            await interaction.response.send_message(f"⚠️ {exc}"[:2000], ephemeral=True, view=view)
+            await tell_privately(interaction, f"⚠️ {exc}"[:2000], view=view)
             return
-        await interaction.response.defer(thinking=True)
         try:
             await actions.finish(app, plan)
         except EaselError as exc:

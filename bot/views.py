@@ -10,7 +10,7 @@ import discord
 from generation.errors import EaselError
 
 from . import actions
-from .errors import send_error
+from .errors import acknowledge_then, send_error
 from .requesters import requester_of
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,8 @@ class RerollButton(JobButton, template=r"easel:job:(?P<job_id>\d+):reroll"):
     action, label, emoji, style = "reroll", "Reroll", "🔁", discord.ButtonStyle.primary
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
-        try:
-            await actions.reroll(_app(interaction), self.job_id, requester_of(interaction))
-        except EaselError as exc:
-            await interaction.edit_original_response(content=f"⚠️ {exc}")
+        app, requester = _app(interaction), requester_of(interaction)
+        await acknowledge_then(interaction, lambda: actions.reroll(app, self.job_id, requester))
 
 
 class InfoButton(JobButton, template=r"easel:job:(?P<job_id>\d+):info"):
@@ -115,18 +112,13 @@ class OutpaintButton(JobButton,
     zoom: float | None = None
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        app = _app(interaction)
-        try:
-            plan = await actions.plan_outpaint(app, self.job_id, requester_of(interaction),
-                                               direction=self.direction, zoom=self.zoom)
-        except EaselError as exc:
-            await send_error(interaction, exc)
-            return
-        await interaction.response.defer(thinking=True)
-        try:
+        app, requester = _app(interaction), requester_of(interaction)
+
+        async def work():
+            plan = await actions.plan_outpaint(app, self.job_id, requester, direction=self.direction, zoom=self.zoom)
             await actions.finish_outpaint(app, plan)
-        except EaselError as exc:
-            await send_error(interaction, exc)
+
+        await acknowledge_then(interaction, work)
 
 
 class ZoomOut15Button(OutpaintButton, template=r"easel:job:(?P<job_id>\d+):zoomout15"):
@@ -179,18 +171,14 @@ def _per_image_planner(action: str):
 
 
 async def act_on_image(interaction: discord.Interaction, job_id: int, action: str, image_index: int) -> None:
-    """Every check first (a refusal reaches only the presser), then "thinking", then the job."""
-    app = _app(interaction)
-    try:
-        plan = await _per_image_planner(action)(app, job_id, image_index, requester_of(interaction))
-    except Exception as exc:  # a refusal in plain words; anything else is logged and named as ours
-        await send_error(interaction, exc)
-        return
-    await interaction.response.defer(thinking=True)
-    try:
+    """"Thinking" at once, then every check and the job; a refusal reaches only the presser."""
+    app, requester = _app(interaction), requester_of(interaction)
+
+    async def work():
+        plan = await _per_image_planner(action)(app, job_id, image_index, requester)
         await actions.finish(app, plan)
-    except Exception as exc:
-        await send_error(interaction, exc)
+
+    await acknowledge_then(interaction, work)
 
 
 class PerImageButton(JobButton,

@@ -50,6 +50,12 @@ async def _store_and_models(config: Config):
         await store.close()
 
 
+def doctor(config_path: Path | None) -> int:
+    from generation.doctor import run_doctor
+
+    return run_doctor(config_path)
+
+
 def models(config: Config) -> int:
     return asyncio.run(_models(config))
 

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: config's [device])")
     p.add_argument("--name", default=None, help="this worker's name (default: host-pid)")
     sub.add_parser("models", help="list checkpoints and embeddings with hashes and skip reasons")
+    sub.add_parser("doctor", help="a short report: versions, device, config problems, models, Discord, broker")
     p = sub.add_parser("make-test-model",
                        help="write a tiny offline SD-1.x model (random weights) for tests and demos")
     p.add_argument("target", type=Path, help="folder to write; DIR.safetensors is written beside it")
@@ -118,6 +119,8 @@ def _dispatch(args) -> int:
         return commands.make_test_model(args.target, architecture=architecture)
     if args.command == "info":
         return commands.info(args.image)
+    if args.command == "doctor":  # before load_config: it reports a broken config instead of stopping
+        return commands.doctor(args.config)
     from generation.config import load_config
 
     config = load_config(args.config)

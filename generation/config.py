@@ -56,6 +56,13 @@ class ModelsConfig:
     upscaler_cache_size: int = 2
     upscaler_tile: int = 192
     upscaler_tile_overlap: int = 8
+    # First run: with checkpoints/ empty and no default_checkpoint, `easel run` downloads this file
+    # of this Hugging Face repo (HF_ENDPOINT, HF_TOKEN honoured) into checkpoints/, as A1111 does, and
+    # refuses it unless its sha256 is this one ("": not checked).
+    download_default: bool = True
+    default_repo: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    default_file: str = "v1-5-pruned-emaonly.safetensors"
+    default_sha256: str = "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,12 @@ def _cross_checks(config: Config) -> list[str]:
             (models.upscaler_tile and not 0 <= models.upscaler_tile_overlap < models.upscaler_tile):
         problems.append("[models] upscaler_cache_size must be at least 1, upscaler_tile 0 or more, and "
                         "upscaler_tile_overlap below upscaler_tile")
+    if "/" in models.default_file or "\\" in models.default_file or models.default_file in ("", ".", ".."):
+        problems.append("[models] default_file must be a file name, without any folder")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", models.default_repo) or ".." in models.default_repo:
+        problems.append("[models] default_repo must be a Hugging Face repo id, org/name")
+    if models.default_sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", models.default_sha256):
+        problems.append("[models] default_sha256 must be 64 hex digits (a sha256), or empty to not check it")
     if config.models.pipeline_cache_size < 1:
         problems.append("[models] pipeline_cache_size must be at least 1")
     if config.previews.every_n_steps < 1:

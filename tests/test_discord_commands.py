@@ -43,7 +43,7 @@ async def ask(env, name, options=None, *, user, subcommand=None, channel=None, d
     """Run a command and wait for its (first complete) answer."""
     interaction = await env.fake.invoke_command(name, options or {}, user=user, guild=env.guild,
                                                 channel=channel or env.channel, subcommand=subcommand, **kwargs)
-    return await interaction.wait_for_original(done, timeout=30)
+    return await interaction.wait_for_reply(done, timeout=30)
 
 
 def description(message) -> str:
@@ -150,13 +150,13 @@ async def test_settings_are_stored_checked_and_used_by_imagine(own_models, tmp_p
 
         mine = await env.fake.invoke_command("imagine", {"prompt": "a cat"}, user=env.alice, guild=env.guild,
                                              channel=env.channel)
-        await mine.wait_for_original(finished, timeout=60)
+        await mine.wait_for_reply(finished, timeout=60)
         typed = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "sampler": "Euler"},
                                               user=env.alice, guild=env.guild, channel=env.channel)
-        await typed.wait_for_original(finished, timeout=60)
+        await typed.wait_for_reply(finished, timeout=60)
         theirs = await env.fake.invoke_command("imagine", {"prompt": "a dog"}, user=env.bob, guild=env.guild,
                                                channel=env.channel)
-        await theirs.wait_for_original(finished, timeout=60)
+        await theirs.wait_for_reply(finished, timeout=60)
         typed_job, mine_job = await env.app.store.jobs.list_for_owner(env.alice.id)
         assert {k: mine_job.request[k] for k in ("sampler", "schedule", "steps", "width", "height", "cfg_scale",
                                                  "negative_prompt")} == {
@@ -216,7 +216,7 @@ async def test_admin_commands_are_enforced_by_the_bot_and_change_the_rules(own_m
         await ask(env, "admin", {"word": "dog", "add": False}, user=env.mod, subcommand="banned-word")
         allowed = await env.fake.invoke_command("imagine", {"prompt": "a happy dog", "steps": 2}, user=env.alice,
                                                 guild=env.guild, channel=art)
-        await allowed.wait_for_original(finished, timeout=60)
+        await allowed.wait_for_reply(finished, timeout=60)
         await ask(env, "admin", {"channel": art, "allowed": False}, user=env.mod, subcommand="channel")
         await ask(env, "admin", {"reset": True}, user=env.mod, subcommand="limits")
         assert await env.app.store.guilds.get_settings(env.guild.id) == {}
@@ -245,7 +245,7 @@ async def test_queue_and_cancel_own_and_others_jobs(own_models, tmp_path):
 
             canceled = await ask(env, "cancel", user=env.alice)  # the most recent by default
             assert "Canceled job #2" in canceled.content
-            await second.wait_for_original(lambda m: "Canceled" in m.content)
+            await second.wait_for_reply(lambda m: "Canceled" in m.content)
 
             refused = await ask(env, "cancel", {"job": 1}, user=env.bob, done=warned)
             assert "job #1 is not yours" in refused.content
@@ -258,18 +258,18 @@ async def test_queue_and_cancel_own_and_others_jobs(own_models, tmp_path):
             stranger = env.fake.add_member(other, name="othermod", permissions=(1 << 13) | MANAGE_SERVER).user
             await bot_sees(lambda: env.bot.get_guild(other.id) is not None)
             elsewhere = await env.fake.invoke_command("cancel", {"job": 1}, user=stranger, guild=other)
-            message = await elsewhere.wait_for_original(warned)
+            message = await elsewhere.wait_for_reply(warned)
             assert "job #1 is not yours" in message.content  # a moderator elsewhere is no moderator here
 
             by_mod = await ask(env, "cancel", {"job": 1}, user=env.mod)
             assert "Canceled job #1" in by_mod.content and f"<@{env.alice.id}>" in by_mod.content
-            await first.wait_for_original(lambda m: "canceled by a moderator" in m.content)
+            await first.wait_for_reply(lambda m: "canceled by a moderator" in m.content)
         assert [j.status for j in await env.app.store.jobs.list_for_owner(env.alice.id)] == ["canceled", "canceled"]
         assert "Nothing queued" in (await ask(env, "queue", user=env.alice)).content
 
         done = await env.fake.invoke_command("imagine", {"prompt": "quick cat", "steps": 2}, user=env.alice,
                                              guild=env.guild, channel=env.channel)
-        await done.wait_for_original(finished, timeout=60)
+        await done.wait_for_reply(finished, timeout=60)
         over = await ask(env, "cancel", {"job": 3}, user=env.alice, done=warned)
         assert "job #3 has already finished" in over.content
 
@@ -319,7 +319,7 @@ async def test_info_shows_parameters_and_its_button_generates_after_a_restart(ow
             made = await fake.invoke_command("imagine", {"prompt": "a (red:1.2) cat", "steps": 2, "seed": 77,
                                                          "sampler": "DPM++ 2M", "schedule": "Karras", "cfg": 6.0},
                                              user=env.alice, guild=env.guild, channel=env.channel)
-            result = await made.wait_for_original(finished, timeout=60)
+            result = await made.wait_for_reply(finished, timeout=60)
             upload = fake.upload_attachment("easel.png", result.attachments[0].data, "image/png")
             shown = await ask(env, "info", {"image": upload}, user=env.bob)
             text = embed_text(shown)
@@ -350,7 +350,7 @@ async def test_info_shows_parameters_and_its_button_generates_after_a_restart(ow
 
         async with easel_on_fake_discord(own_models, tmp_path, fake=fake) as env:  # a new process, same data
             clicked = await fake.click_button(shown, draft_button, user=env.bob)
-            await clicked.wait_for_original(finished, timeout=60)
+            await clicked.wait_for_reply(finished, timeout=60)
             (bob_job,) = await env.app.store.jobs.list_for_owner(env.bob.id)
             original = (await env.app.store.jobs.list_for_owner(env.alice.id))[0].request
             for key in ("prompt", "seed", "steps", "sampler", "schedule", "cfg_scale", "width", "height"):
@@ -358,7 +358,7 @@ async def test_info_shows_parameters_and_its_button_generates_after_a_restart(ow
             assert bob_job.checkpoint == "tiny"
 
             clicked = await fake.click_button(foreign_info, foreign_info.custom_ids()[0], user=env.alice)
-            await clicked.wait_for_original(finished, timeout=60)
+            await clicked.wait_for_reply(finished, timeout=60)
             newest = (await env.app.store.jobs.list_for_owner(env.alice.id))[0].request
             assert (newest["prompt"], newest["negative_prompt"], newest["steps"], newest["seed"]) == \
                 ("a dog on the moon", "ugly", 3, 5)
@@ -368,7 +368,7 @@ async def test_info_shows_parameters_and_its_button_generates_after_a_restart(ow
 
             await env.app.store.settings.delete(f"draft:{draft_button.rsplit(':', 1)[1]}")
             gone = await fake.click_button(shown, draft_button, user=env.bob)
-            message = await gone.wait_for_original(warned)
+            message = await gone.wait_for_reply(warned)
             assert "no longer stored" in message.content and message.ephemeral
 
 
@@ -411,7 +411,7 @@ async def test_models_admin_embedding_upload_refresh_and_checkpoint_switch(own_m
         assert "**newstyle** · 2 vectors" in description(listed)
         used = await env.fake.invoke_command("imagine", {"prompt": "a newstyle cat", "steps": 2}, user=env.alice,
                                              guild=env.guild, channel=env.channel)
-        await used.wait_for_original(finished, timeout=60)
+        await used.wait_for_reply(finished, timeout=60)
         refused = await ask(env, "imagine", {"prompt": "a widewidth cat"}, user=env.alice, done=warned)
         assert "embedding widewidth has width 768; tiny needs 32" in refused.content
 

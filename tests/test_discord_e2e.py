@@ -40,7 +40,7 @@ async def test_imagine_from_defer_to_final_png_with_throttled_previews(models_di
             "imagine", {"prompt": "a (red:1.2) cat", "steps": 40, "seed": 42, "count": 2, "width": 256, "height": 256},
             user=env.alice, guild=env.guild, channel=env.channel)
         assert await interaction.wait_until_acknowledged() == 5  # deferred at once
-        message = await interaction.wait_for_original(finished, timeout=60)
+        message = await interaction.wait_for_reply(finished, timeout=60)
         pngs = [a for a in message.attachments if a.filename.endswith(".png")]
         assert [a.filename for a in pngs] == [f"easel-1-42.png", "easel-1-43.png"]
         infotext = read_infotext(pngs[0].data)
@@ -66,15 +66,15 @@ async def test_refusals_are_plain_words_and_the_bot_keeps_serving(models_dir, tm
     async with easel_on_fake_discord(models_dir, tmp_path) as env:
         bad = await env.fake.invoke_command("imagine", {"prompt": "a cat", "width": 100},
                                             user=env.alice, guild=env.guild, channel=env.channel)
-        message = await bad.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await bad.wait_for_reply(lambda m: "⚠️" in m.content)
         assert message.ephemeral and "width must be a multiple of 8" in message.content
         wrong_model = await env.fake.invoke_command("imagine", {"prompt": "a cat", "checkpoint": "../../etc/passwd"},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
-        message = await wrong_model.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await wrong_model.wait_for_reply(lambda m: "⚠️" in m.content)
         assert "not available" in message.content
         good = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2},
                                              user=env.alice, guild=env.guild, channel=env.channel)
-        await good.wait_for_original(finished, timeout=60)
+        await good.wait_for_reply(finished, timeout=60)
 
 
 async def test_hostile_prompts_are_refused_quickly_while_others_are_served(models_dir, tmp_path):
@@ -87,9 +87,9 @@ async def test_hostile_prompts_are_refused_quickly_while_others_are_served(model
             attack = await env.fake.invoke_command("imagine", {"prompt": prompt, "negative": prompt, "steps": 60},
                                                    user=env.bob, guild=env.guild, channel=env.channel)
             other = await env.fake.invoke_command("queue", {}, user=env.alice, guild=env.guild, channel=env.channel)
-            await other.wait_for_original(lambda m: not m.loading)
+            await other.wait_for_reply(lambda m: not m.loading)
             answered = time.perf_counter() - started
-            message = await attack.wait_for_original(lambda m: "⚠️" in m.content or not m.loading)
+            message = await attack.wait_for_reply(lambda m: "⚠️" in m.content or not m.loading)
             assert answered < 2.0  # before: 3-11 s of a frozen bot per hostile prompt
             if refusal:
                 assert refusal in message.content and message.ephemeral
@@ -100,18 +100,18 @@ async def test_img2img_checks_attachments(models_dir, tmp_path):
         text = env.fake.upload_attachment("notes.txt", b"hello", "text/plain")
         refused = await env.fake.invoke_command("img2img", {"image": text, "prompt": "a cat"},
                                                 user=env.alice, guild=env.guild, channel=env.channel)
-        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
         assert "must be a PNG, JPEG or WEBP image, not text/plain" in message.content
         fake_png = env.fake.upload_attachment("evil.png", b"\x89PNG not really", "image/png")
         refused = await env.fake.invoke_command("img2img", {"image": fake_png, "prompt": "a cat"},
                                                 user=env.alice, guild=env.guild, channel=env.channel)
-        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
         assert "not a PNG, JPEG or WEBP image" in message.content
         image = env.fake.upload_attachment("start.png", png(), "image/png")
         accepted = await env.fake.invoke_command("img2img", {"image": image, "prompt": "a cat", "steps": 4,
                                                              "strength": 0.5},
                                                  user=env.alice, guild=env.guild, channel=env.channel)
-        message = await accepted.wait_for_original(finished, timeout=60)
+        message = await accepted.wait_for_reply(finished, timeout=60)
         assert "Denoising strength: 0.5" in read_infotext(message.attachments[0].data)
 
 
@@ -119,7 +119,7 @@ async def test_reaction_reroll_by_another_member_and_delete_rules(models_dir, tm
     async with easel_on_fake_discord(models_dir, tmp_path) as env:
         interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "seed": 5},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
-        result = await interaction.wait_for_original(finished, timeout=60)
+        result = await interaction.wait_for_reply(finished, timeout=60)
         await env.fake.wait_for(lambda: "🔁" in env.fake.message(result.id).reactions)  # delivery is complete
         await env.fake.add_reaction(result, "🔁", user=env.bob)
         reroll = await env.fake.wait_for(
@@ -150,15 +150,15 @@ async def test_buttons_work_after_a_restart(models_dir, tmp_path):
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
             interaction = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "seed": 9},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
-            result = await interaction.wait_for_original(finished, timeout=60)
+            result = await interaction.wait_for_reply(finished, timeout=60)
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:  # a new process, same data
             info = await fake.click_button(result, "easel:job:1:info", user=env.bob)
-            message = await info.wait_for_original(lambda m: "Seed: 9" in m.content)
+            message = await info.wait_for_reply(lambda m: "Seed: 9" in m.content)
             assert message.ephemeral
             denied = await fake.click_button(result, "easel:job:1:delete", user=env.bob)
-            message = await denied.wait_for_original(lambda m: "Only the member" in m.content)
+            message = await denied.wait_for_reply(lambda m: "Only the member" in m.content)
             reroll = await fake.click_button(result, "easel:job:1:reroll", user=env.bob)
-            await reroll.wait_for_original(finished, timeout=60)
+            await reroll.wait_for_reply(finished, timeout=60)
             delete = await fake.click_button(result, "easel:job:1:delete", user=env.alice)
             await fake.wait_for(lambda: fake.message(result.id).deleted)
 
@@ -207,7 +207,7 @@ async def test_a_result_finished_while_the_bot_was_away_is_delivered_once_on_sta
             await env.app.service.wait_idle()
             assert (await env.app.store.images.undelivered_job_ids()) == [1]
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
-            message = await interaction.wait_for_original(finished, timeout=30)
+            message = await interaction.wait_for_reply(finished, timeout=30)
             await fake.wait_for(lambda: "🔁" in fake.message(message.id).reactions)
             assert (await env.app.store.images.undelivered_job_ids()) == []
         posts = [m for m in fake.messages(env.channel) if finished(m)]
@@ -218,12 +218,12 @@ async def test_direct_messages_follow_the_config_switch(models_dir, tmp_path):
     async with easel_on_fake_discord(models_dir, tmp_path / "off") as env:
         refused = await env.fake.invoke_command("imagine", {"prompt": "a cat"}, user=env.alice,
                                                 channel=env.fake.dm_channel(env.alice))
-        message = await refused.wait_for_original(lambda m: "servers only" in m.content)
+        message = await refused.wait_for_reply(lambda m: "servers only" in m.content)
         assert message.ephemeral
     async with easel_on_fake_discord(models_dir, tmp_path / "on", discord={"allow_dms": True}) as env:
         allowed = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2}, user=env.alice,
                                                 channel=env.fake.dm_channel(env.alice))
-        await allowed.wait_for_original(finished, timeout=60)
+        await allowed.wait_for_reply(finished, timeout=60)
 
 
 async def test_each_guild_keeps_its_own_limits(models_dir, tmp_path):
@@ -240,24 +240,24 @@ async def test_each_guild_keeps_its_own_limits(models_dir, tmp_path):
             user = next(iter(strict.members.values())).user
             refused = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=user, guild=strict,
                                                 channel=strict.channel_named("general"))
-            message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+            message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
             assert "steps is at most 3 on this server" in message.content  # the cheap check answers first
             refused = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 3}, user=user, guild=strict,
                                                 channel=strict.channel_named("general"))
-            message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+            message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
             assert '"dog"' in message.content
             # An admin of one server turns a checkpoint off there, and only there.
             admin = fake.add_member(strict, name="strict-admin", permissions=1 << 5).user  # Manage Server
             switched = await fake.invoke_command("admin", {"name": "tiny", "enabled": False}, user=admin, guild=strict,
                                                  channel=strict.channel_named("general"), subcommand="checkpoint")
-            await switched.wait_for_original(lambda m: "disabled on this server" in m.content)
+            await switched.wait_for_reply(lambda m: "disabled on this server" in m.content)
             refused = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 3}, user=user, guild=strict,
                                                 channel=strict.channel_named("general"))
-            assert "not available" in (await refused.wait_for_original(lambda m: "⚠️" in m.content)).content
+            assert "not available" in (await refused.wait_for_reply(lambda m: "⚠️" in m.content)).content
             other = next(iter(relaxed.members.values())).user
             fine = await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 5}, user=other, guild=relaxed,
                                              channel=relaxed.channel_named("general"))
-            await fine.wait_for_original(finished, timeout=60)
+            await fine.wait_for_reply(finished, timeout=60)
 
 
 async def test_images_over_the_upload_limit_are_left_out_with_a_note(models_dir, tmp_path):
@@ -270,7 +270,7 @@ async def test_images_over_the_upload_limit_are_left_out_with_a_note(models_dir,
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:
             interaction = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "count": 3},
                                                     user=env.alice, guild=guild, channel=env.channel)
-            message = await interaction.wait_for_original(finished, timeout=60)
+            message = await interaction.wait_for_reply(finished, timeout=60)
             assert sum(a.size for a in message.attachments) <= 20_000
             assert 1 <= len(message.attachments) < 3
             assert "too large for this server's upload limit" in message.content
@@ -281,7 +281,7 @@ async def test_a_failed_job_is_explained_to_the_member(models_dir, tmp_path):
         interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 60, "width": 512,
                                                                 "height": 512},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
-        message = await interaction.wait_for_original(lambda m: "didn't work" in m.content, timeout=60)
+        message = await interaction.wait_for_reply(lambda m: "didn't work" in m.content, timeout=60)
         assert "took longer than the 0.2 s limit" in message.content
         job = (await env.app.store.jobs.list_for_owner(env.alice.id))[0]
         assert job.status == "failed"
@@ -306,12 +306,12 @@ async def test_sdxl_checkpoint_with_a_composable_prompt_and_a_lora_refusal(tmp_p
     async with easel_on_fake_discord(models, tmp_path / "data", models={"default_checkpoint": "xl"}) as env:
         refused = await env.fake.invoke_command("imagine", {"prompt": "a cat <lora:fluffy:0.8>"},
                                                 user=env.alice, guild=env.guild, channel=env.channel)
-        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
         assert "there is no LoRA named 'fluffy'" in message.content
         prompt = "a cat AND a [red|blue] hat:0.6"
         interaction = await env.fake.invoke_command("imagine", {"prompt": prompt, "steps": 3, "seed": 9},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
-        message = await interaction.wait_for_original(finished, timeout=60)
+        message = await interaction.wait_for_reply(finished, timeout=60)
         infotext = read_infotext(message.attachments[0].data)
         assert infotext.startswith(prompt + "\n") and "Model: xl," in infotext and "Seed: 9," in infotext
         fields = {field["name"]: field["value"] for field in message.embeds[0]["fields"]}
@@ -328,10 +328,10 @@ async def test_a_lora_prompt_end_to_end(tmp_path):
     write_tiny_lora(models / "loras" / "fluffy.safetensors", build_tiny_pipeline(), kind="locon", seed=4)
     async with easel_on_fake_discord(models, tmp_path / "data") as env:
         listed = await env.fake.invoke_command("loras", {}, user=env.alice, guild=env.guild, channel=env.channel)
-        assert "fluffy" in str((await listed.wait_for_original(lambda m: not m.loading)).embeds)
+        assert "fluffy" in str((await listed.wait_for_reply(lambda m: not m.loading)).embeds)
         interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat <lora:fluffy:0.8>", "steps": 2},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
-        await interaction.wait_for_original(finished, timeout=60)
+        await interaction.wait_for_reply(finished, timeout=60)
         (job,) = await env.app.store.jobs.list_for_owner(env.alice.id)
         (image,) = await env.app.store.images.list_for_job(job.id)
         text = read_infotext(image.path.read_bytes())
@@ -343,7 +343,7 @@ async def test_imagine_with_a_variation_seed(models_dir, tmp_path):
         interaction = await env.fake.invoke_command(
             "imagine", {"prompt": "a cat", "steps": 2, "seed": 5, "variation_seed": 9, "variation_strength": 0.3},
             user=env.alice, guild=env.guild, channel=env.channel)
-        await interaction.wait_for_original(finished, timeout=60)
+        await interaction.wait_for_reply(finished, timeout=60)
         (job,) = await env.app.store.jobs.list_for_owner(env.alice.id)
         assert (job.request["subseed"], job.request["subseed_strength"]) == (9, 0.3)
         (image,) = await env.app.store.images.list_for_job(job.id)

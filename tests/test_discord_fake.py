@@ -357,7 +357,7 @@ async def test_button_click_reaches_dynamic_item() -> None:
         (followup,) = await command.wait_for_followups(1)
         click = await env.fake.click_button(followup, "job:42:reroll", user=env.alice)
         assert await asyncio.wait_for(env.bot.probes.rerolls.get(), timeout=15) == 42
-        reply = await click.wait_for_original()
+        reply = await click.wait_for_reply()
         assert click.callback_type == 4 and reply.ephemeral and reply.content == "Rerolling job 42"
         assert env.fake.messages(fake_channel(env))[-1].id == followup.id  # ephemeral replies stay private
         with pytest.raises(InvalidInvocation):
@@ -413,7 +413,7 @@ async def test_injected_429_is_retried_by_discord_py() -> None:
     async with running_bot() as env:
         env.fake.inject_rate_limit(method="PATCH", path=r"/messages/@original$", retry_after=0.25)
         interaction = await env.fake.invoke_command("progress", {"edits": 1}, user=env.alice, guild=env.guild)
-        await interaction.wait_for_original(lambda m: m.content == "step 1/1")
+        await interaction.wait_for_reply(lambda m: m.content == "step 1/1")
         edits = env.fake.requests_matching("PATCH", r"/messages/@original$")
         assert [r.status for r in edits] == [429, 200]
         assert edits[1].at - edits[0].at >= 0.25
@@ -423,7 +423,7 @@ async def test_injected_429_is_retried_by_discord_py() -> None:
 async def test_edit_bucket_paces_discord_py_without_429() -> None:
     async with running_bot() as env:
         interaction = await env.fake.invoke_command("progress", {"edits": 7}, user=env.alice, guild=env.guild)
-        await interaction.wait_for_original(lambda m: m.content == "step 7/7", timeout=10)
+        await interaction.wait_for_reply(lambda m: m.content == "step 7/7", timeout=10)
         edits = env.fake.requests_matching("PATCH", r"/messages/@original$")
         assert [r.status for r in edits] == [200] * 7
         times = [r.at for r in edits]
@@ -491,7 +491,7 @@ async def test_resume_after_reconnect_request() -> None:
         await env.fake.request_reconnect()
         await env.fake.wait_for(lambda: any(s.resumes for s in env.fake.gateway.sessions.values()))
         interaction = await env.fake.invoke_command("style", {"name": "photo"}, user=env.alice, guild=env.guild)
-        reply = await interaction.wait_for_original()
+        reply = await interaction.wait_for_reply()
         assert reply.content == "style photo"
         assert env.fake.gateway.identify_count == 1
 
@@ -550,14 +550,14 @@ async def test_modal_round_trip() -> None:
         assert await opened.wait_until_acknowledged() == 9
         assert opened.modal["title"] == "Edit prompt"
         submitted = await env.fake.submit_modal(opened, {"prompt-text": "a red fox"})
-        reply = await submitted.wait_for_original()
+        reply = await submitted.wait_for_reply()
         assert reply.content == "new prompt: a red fox"
 
 
 async def test_select_menu_updates_its_message() -> None:
     async with running_bot() as env:
         command = await env.fake.invoke_command("sampler", {}, user=env.alice, guild=env.guild)
-        message = await command.wait_for_original()
+        message = await command.wait_for_reply()
         chosen = await env.fake.choose_in_select(message, "sampler-select", ["euler"], user=env.alice)
         assert await chosen.wait_until_acknowledged() == 7
         assert [snapshot.content for snapshot in message.history] == ["sampler: default", "sampler: euler"]
@@ -570,7 +570,7 @@ async def test_subcommands_and_default_permissions() -> None:
     async with running_bot() as env:
         listing = await env.fake.invoke_command("model", {"family": "sdxl"}, subcommand="list",
                                                 user=env.alice, guild=env.guild)
-        assert (await listing.wait_for_original()).content == "models for sdxl"
+        assert (await listing.wait_for_reply()).content == "models for sdxl"
         with pytest.raises(PermissionError):
             await env.fake.invoke_command("purge", {}, user=env.alice, guild=env.guild)
         # An admin may grant the command to anyone; the bot's own check still refuses.
@@ -580,13 +580,13 @@ async def test_subcommands_and_default_permissions() -> None:
         assert not override.acknowledged
         owner = env.fake.state.users[env.guild.owner_id]
         allowed = await env.fake.invoke_command("purge", {}, user=owner, guild=env.guild)
-        assert (await allowed.wait_for_original()).content == "purged"
+        assert (await allowed.wait_for_reply()).content == "purged"
 
 
 async def test_command_in_direct_messages() -> None:
     async with running_bot() as env:
         interaction = await env.fake.invoke_command("style", {"name": "photo"}, user=env.alice)
-        reply = await interaction.wait_for_original()
+        reply = await interaction.wait_for_reply()
         assert interaction.payload["context"] == 1 and "member" not in interaction.payload
         assert reply.channel_id == env.fake.dm_channel(env.alice).id and reply.guild_id is None
 
@@ -640,7 +640,7 @@ async def test_members_intent_chunks_the_member_list() -> None:
 async def test_first_followup_after_defer_replaces_the_thinking_message() -> None:
     async with running_bot() as env:
         interaction = await env.fake.invoke_command("quick", {}, user=env.alice, guild=env.guild)
-        original = await interaction.wait_for_original()
+        original = await interaction.wait_for_reply()
         assert original.content == "done" and original.ephemeral  # the defer decided ephemerality
         assert interaction.followups == []
         assert [r.kind for r in interaction.responses] == ["callback", "edit_original"]

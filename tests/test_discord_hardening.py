@@ -57,7 +57,7 @@ async def test_prompts_never_ping_everyone_here_or_roles(models_dir, tmp_path):
         # 3. a live /imagine: deferred, progress edits, the final edit of the original response
         live = await env.fake.invoke_command("imagine", {"prompt": prompt, "steps": 2},
                                              user=env.alice, guild=env.guild, channel=env.channel)
-        await live.wait_for_original(finished, timeout=60)
+        await live.wait_for_reply(finished, timeout=60)
 
         members = {env.alice.id, env.bob.id}
         pinged = set()
@@ -91,13 +91,13 @@ async def test_delete_button_and_reaction_follow_the_same_channel_level_rule(mod
             for seed in range(4):
                 made = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, "seed": seed},
                                                  user=env.alice, guild=env.guild, channel=env.channel)
-                results.append(await made.wait_for_original(finished, timeout=60))
+                results.append(await made.wait_for_reply(finished, timeout=60))
             for result in results:
                 await fake.wait_for(lambda r=result: "🔁" in fake.message(r.id).reactions)
             first = results[0]
             for member in (env.bob, env.mod):  # a stranger; a server moderator without the right here
                 denied = await fake.click_button(first, "easel:job:1:delete", user=member)
-                await denied.wait_for_original(lambda m: "Only the member" in m.content)
+                await denied.wait_for_reply(lambda m: "Only the member" in m.content)
                 await fake.add_reaction(first, "❌", user=member)
             await asyncio.sleep(0.5)
             assert not fake.message(first.id).deleted
@@ -113,22 +113,22 @@ async def test_a_button_copied_onto_another_message_does_not_act_there(models_di
     async with easel_on_fake_discord(models_dir, tmp_path) as env:
         fake = env.fake
         mine = await (await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2}, user=env.alice,
-                                                guild=env.guild, channel=env.channel)).wait_for_original(finished, 60)
+                                                guild=env.guild, channel=env.channel)).wait_for_reply(finished, 60)
         theirs = await (await fake.invoke_command("imagine", {"prompt": "a dog", "steps": 2}, user=env.bob,
-                                                  guild=env.guild, channel=env.channel)).wait_for_original(finished, 60)
+                                                  guild=env.guild, channel=env.channel)).wait_for_reply(finished, 60)
         for message in (mine, theirs):
             await fake.wait_for(lambda m=message: "🔁" in fake.message(m.id).reactions)
         # alice's job 1 buttons, forged onto bob's result: Discord would send these interactions as they are
         fake.message(theirs.id).components = copy.deepcopy(fake.message(mine.id).components)
         for action in ("delete", "info", "reroll"):
             forged = await fake.click_button(theirs, f"easel:job:1:{action}", user=env.alice)
-            refusal = await forged.wait_for_original(lambda m: "does not belong" in m.content)
+            refusal = await forged.wait_for_reply(lambda m: "does not belong" in m.content)
             assert refusal.ephemeral
         assert not fake.message(theirs.id).deleted
         assert len(await env.app.store.jobs.list_for_owner(env.alice.id)) == 1  # no reroll was queued
         # on its own message the same button works
         info = await fake.click_button(mine, "easel:job:1:info", user=env.bob)
-        await info.wait_for_original(lambda m: "Steps: 2" in m.content)
+        await info.wait_for_reply(lambda m: "Steps: 2" in m.content)
 
 
 async def test_buttons_and_reactions_in_dms_follow_the_switch(models_dir, tmp_path):
@@ -139,18 +139,18 @@ async def test_buttons_and_reactions_in_dms_follow_the_switch(models_dir, tmp_pa
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake, discord={"allow_dms": True}) as env:
             dm = fake.dm_channel(env.alice)
             made = await fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2}, user=env.alice, channel=dm)
-            result = await made.wait_for_original(finished, timeout=60)
+            result = await made.wait_for_reply(finished, timeout=60)
             await fake.wait_for(lambda: "🔁" in fake.message(result.id).reactions)
             upload = fake.upload_attachment("easel.png", result.attachments[0].data, "image/png")
             info = await fake.invoke_command("info", {"image": upload}, user=env.alice, channel=dm)
-            shown = await info.wait_for_original(lambda m: bool(m.custom_ids()))
+            shown = await info.wait_for_reply(lambda m: bool(m.custom_ids()))
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:  # the operator turned DMs off
             for custom_id in result.custom_ids():
                 clicked = await fake.click_button(result, custom_id, user=env.alice)
-                refusal = await clicked.wait_for_original(lambda m: "servers only" in m.content)
+                refusal = await clicked.wait_for_reply(lambda m: "servers only" in m.content)
                 assert refusal.ephemeral
             clicked = await fake.click_button(shown, shown.custom_ids()[0], user=env.alice)
-            await clicked.wait_for_original(lambda m: "servers only" in m.content)
+            await clicked.wait_for_reply(lambda m: "servers only" in m.content)
             await fake.add_reaction(result, "🔁", user=env.alice)
             await fake.add_reaction(result, "❌", user=env.alice)
             await asyncio.sleep(0.5)

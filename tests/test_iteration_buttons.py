@@ -39,7 +39,7 @@ def snapshot(message) -> tuple:
 async def imagine(env, *, user=None, **options):
     interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, **options},
                                                 user=user or env.alice, guild=env.guild, channel=env.channel)
-    result = await interaction.wait_for_original(finished, timeout=60)
+    result = await interaction.wait_for_reply(finished, timeout=60)
     await env.fake.wait_for(lambda: "🔁" in env.fake.message(result.id).reactions)  # delivery is complete
     return result
 
@@ -50,7 +50,7 @@ async def jobs_of(env, user) -> list:
 
 async def press(env, message, custom_id, *, user, until=finished):
     interaction = await env.fake.click_button(message, custom_id, user=user)
-    answer = await interaction.wait_for_original(until, timeout=60)
+    answer = await interaction.wait_for_reply(until, timeout=60)
     if until is finished:  # a result: wait until its delivery is complete (its buttons are bound to it)
         await env.fake.wait_for(lambda: "🔁" in env.fake.message(answer.id).reactions)
     return answer
@@ -135,7 +135,7 @@ async def test_remix_opens_a_form_and_keeps_the_seed(models_dir, tmp_path):
         assert fields["prompt"][1]["max_length"] == fields["negative"][1]["max_length"] == 300  # max_prompt_chars
 
         submitted = await env.fake.submit_modal(opened, {"prompt": "a (dog:1.1) in a hat", "negative": ""})
-        done = await submitted.wait_for_original(finished, timeout=60)
+        done = await submitted.wait_for_reply(finished, timeout=60)
         assert not done.ephemeral
         (job,) = await jobs_of(env, env.bob)
         request = job.request
@@ -148,7 +148,7 @@ async def test_remix_opens_a_form_and_keeps_the_seed(models_dir, tmp_path):
         # only the prompt edited: the negative prompt stays as the form showed it
         opened = await env.fake.click_button(result, "easel:job:1:remix", user=env.alice)
         await opened.wait_until_acknowledged()
-        await (await env.fake.submit_modal(opened, {"prompt": "a fox"})).wait_for_original(finished, timeout=60)
+        await (await env.fake.submit_modal(opened, {"prompt": "a fox"})).wait_for_reply(finished, timeout=60)
         job = (await jobs_of(env, env.alice))[-1]
         assert (job.request["prompt"], job.request["negative_prompt"], job.request["seed"]) == ("a fox", "blurry", 7)
 
@@ -216,7 +216,7 @@ async def test_refusals_reach_only_the_presser_and_lose_nothing(models_dir, tmp_
         await opened.wait_until_acknowledged()
         edited = "a big DOG on a sofa"
         refused = await (await env.fake.submit_modal(opened, {"prompt": edited, "negative": "ugly"})
-                         ).wait_for_original(warned)
+                         ).wait_for_reply(warned)
         assert refused.ephemeral and "dog" in refused.content.lower()
         assert await jobs_of(env, env.bob) == []
         # what bob typed is one press away: "Edit again" reopens the form holding it
@@ -227,7 +227,7 @@ async def test_refusals_reach_only_the_presser_and_lose_nothing(models_dir, tmp_
                   for label in reopened.modal["components"]}
         assert values == {"prompt": edited, "negative": "ugly"}
         done = await (await env.fake.submit_modal(reopened, {"prompt": "a big cat on a sofa"})
-                      ).wait_for_original(finished, timeout=60)
+                      ).wait_for_reply(finished, timeout=60)
         job = (await jobs_of(env, env.bob))[-1]
         assert (job.request["prompt"], job.request["negative_prompt"], job.request["seed"]) == \
                ("a big cat on a sofa", "ugly", 11)
@@ -243,7 +243,7 @@ async def test_refusals_reach_only_the_presser_and_lose_nothing(models_dir, tmp_
 
         service._run_batch = held
         waiting = await env.fake.click_button(result, "easel:job:1:varysubtle", user=env.bob)
-        picker = await waiting.wait_for_original(lambda m: bool(m.components))
+        picker = await waiting.wait_for_reply(lambda m: bool(m.components))
         queued = await env.fake.click_button(picker, "easel:job:1:varysubtle:0", user=env.bob)
         await queued.wait_until_acknowledged()
         while len(jobs_before := await jobs_of(env, env.bob)) < 2:  # the row follows the acknowledgement
@@ -258,7 +258,7 @@ async def test_refusals_reach_only_the_presser_and_lose_nothing(models_dir, tmp_
         assert await jobs_of(env, env.bob) == jobs_before
         assert sorted((env.app.uploads.folder / str(env.bob.id)).glob("*")) == uploads_before
         gate.set()
-        await queued.wait_for_original(finished, timeout=60)
+        await queued.wait_for_reply(finished, timeout=60)
 
         # nothing of this reached anyone else, and the result is as it was
         assert snapshot(env.fake.message(result.id)) == before
@@ -286,7 +286,7 @@ async def test_the_new_buttons_work_after_a_restart(models_dir, tmp_path):
             await press(env, single, "easel:job:1:useinit", user=env.bob)
             opened = await fake.click_button(single, "easel:job:1:remix", user=env.bob)
             assert await opened.wait_until_acknowledged() == 9
-            await (await fake.submit_modal(opened, {"prompt": "a cat, night"})).wait_for_original(finished, 60)
+            await (await fake.submit_modal(opened, {"prompt": "a cat, night"})).wait_for_reply(finished, 60)
             await press(env, picker, "easel:job:2:varysubtle:1", user=env.bob)  # a picker from before the restart
             await pick(env, several, "useinit", 2, user=env.bob)
             upscaled = await press(env, single, "easel:job:1:upscale", user=env.bob)

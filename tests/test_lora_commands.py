@@ -41,7 +41,7 @@ def own_models(models_dir, tmp_path):
 async def ask(env, name, options=None, *, user, subcommand=None, **kwargs):
     interaction = await env.fake.invoke_command(name, options or {}, user=user, guild=env.guild, channel=env.channel,
                                                 subcommand=subcommand, **kwargs)
-    return await interaction.wait_for_original(lambda m: not m.loading, timeout=30)
+    return await interaction.wait_for_reply(lambda m: not m.loading, timeout=30)
 
 
 def description(message) -> str:

@@ -34,7 +34,7 @@ def rows(message) -> list[list[dict]]:
 async def imagine(env, **options):
     interaction = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2, **options},
                                                 user=env.alice, guild=env.guild, channel=env.channel)
-    result = await interaction.wait_for_original(finished, timeout=60)
+    result = await interaction.wait_for_reply(finished, timeout=60)
     await env.fake.wait_for(lambda: "🔁" in env.fake.message(result.id).reactions)  # delivery is complete
     return result
 
@@ -54,7 +54,7 @@ async def test_results_carry_zoom_out_and_pan_buttons_that_queue_the_clickers_ow
         assert [c["emoji"]["name"] for c in layout[2]] == ["⬅️", "➡️", "⬆️", "⬇️"]
 
         zoomed = await env.fake.click_button(result, "easel:job:1:zoomout2", user=env.bob)
-        message = await zoomed.wait_for_original(finished, timeout=60)
+        message = await zoomed.wait_for_reply(finished, timeout=60)
         assert size_of(message) == (128, 128)
         infotext = read_infotext(message.attachments[0].data)
         assert infotext.startswith("a cat\n") and "Seed: 5," not in infotext and "Denoising strength: 1" in infotext
@@ -66,16 +66,16 @@ async def test_results_carry_zoom_out_and_pan_buttons_that_queue_the_clickers_ow
         await env.fake.wait_for(lambda: "🔁" in env.fake.message(message.id).reactions)
 
         panned = await env.fake.click_button(result, "easel:job:1:panleft", user=env.alice)
-        assert size_of(await panned.wait_for_original(finished, timeout=60)) == (96, 64)
+        assert size_of(await panned.wait_for_reply(finished, timeout=60)) == (96, 64)
         panned = await env.fake.click_button(message, f"easel:job:{job.id}:pandown", user=env.alice)
-        assert size_of(await panned.wait_for_original(finished, timeout=60)) == (128, 192)
+        assert size_of(await panned.wait_for_reply(finished, timeout=60)) == (128, 192)
 
 
 async def test_an_outpaint_button_is_refused_in_plain_words_when_the_canvas_is_too_large(models_dir, tmp_path):
     async with easel_on_fake_discord(models_dir, tmp_path, limits={"max_width": 96, "max_height": 96}) as env:
         result = await imagine(env)
         refused = await env.fake.click_button(result, "easel:job:1:zoomout2", user=env.bob)
-        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
         assert message.ephemeral and "zooming out 2x makes the 64x64 image 128x128; the limit here is 96x96" \
             in message.content
         assert await env.app.store.jobs.list_for_owner(env.bob.id) == []
@@ -83,7 +83,7 @@ async def test_an_outpaint_button_is_refused_in_plain_words_when_the_canvas_is_t
         other = await imagine(env)
         env.fake.message(other.id).components = env.fake.message(result.id).components
         forged = await env.fake.click_button(other, "easel:job:1:panup", user=env.alice)
-        assert "does not belong" in (await forged.wait_for_original(lambda m: "⚠️" in m.content)).content
+        assert "does not belong" in (await forged.wait_for_reply(lambda m: "⚠️" in m.content)).content
 
 
 async def test_zoom_out_and_pan_buttons_work_after_a_restart(models_dir, tmp_path):
@@ -97,9 +97,9 @@ async def test_zoom_out_and_pan_buttons_work_after_a_restart(models_dir, tmp_pat
             result = await imagine(env, seed=9)
         async with easel_on_fake_discord(models_dir, tmp_path, fake=fake) as env:  # a new process, same data
             zoomed = await fake.click_button(result, "easel:job:1:zoomout15", user=env.bob)
-            assert size_of(await zoomed.wait_for_original(finished, timeout=60)) == (96, 96)
+            assert size_of(await zoomed.wait_for_reply(finished, timeout=60)) == (96, 96)
             panned = await fake.click_button(result, "easel:job:1:panright", user=env.alice)
-            assert size_of(await panned.wait_for_original(finished, timeout=60)) == (96, 64)
+            assert size_of(await panned.wait_for_reply(finished, timeout=60)) == (96, 64)
 
 
 async def test_outpaint_command_with_an_attachment(models_dir, tmp_path):
@@ -116,27 +116,27 @@ async def test_outpaint_command_with_an_attachment(models_dir, tmp_path):
         plain = fake.upload_attachment("photo.png", png(), "image/png")
         for bad, words in (({}, "either a zoom"), ({"zoom": 2.0, "direction": "left"}, "either a zoom")):
             refused = await say(image=plain, prompt="a garden", **bad)
-            message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+            message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
             assert message.ephemeral and words in message.content
         large = fake.upload_attachment("big.png", png(1024, 1024), "image/png")
         refused = await say(image=large, zoom=2.0, prompt="a garden")
-        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
         assert message.ephemeral and "1024x1024 image 2048x2048" in message.content
 
         # a picture without parameters needs a prompt
         refused = await say(image=plain, direction="up")
-        message = await refused.wait_for_original(lambda m: "⚠️" in m.content)
+        message = await refused.wait_for_reply(lambda m: "⚠️" in m.content)
         assert "carries no prompt of its own" in message.content
         assert await env.app.store.jobs.list_for_owner(env.alice.id) == []
 
-        done = await (await say(image=plain, direction="up", prompt="a red wall")).wait_for_original(finished, 60)
+        done = await (await say(image=plain, direction="up", prompt="a red wall")).wait_for_reply(finished, 60)
         assert size_of(done) == (64, 96)
         assert read_infotext(done.attachments[0].data).startswith("a red wall\n")
 
         # an easel result (its infotext carries the prompt): the prompt defaults to its own
         result = await imagine(env, prompt="a blue teapot")
         own = fake.upload_attachment("teapot.png", result.attachments[0].data, "image/png")
-        done = await (await say(image=own, zoom=1.5)).wait_for_original(finished, 60)
+        done = await (await say(image=own, zoom=1.5)).wait_for_reply(finished, 60)
         assert size_of(done) == (96, 96)
         assert read_infotext(done.attachments[0].data).startswith("a blue teapot\n")
         jobs = await env.app.store.jobs.list_for_owner(env.alice.id)

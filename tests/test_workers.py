@@ -228,10 +228,10 @@ async def test_admin_workers_and_metrics_show_the_pool(broker, models_dir, tmp_p
             await wait_for_workers(env.app.service.executor, ["shown"])
             done = await env.fake.invoke_command("imagine", {"prompt": "a cat", "steps": 2}, user=env.alice,
                                                  guild=env.guild, channel=env.channel)
-            await done.wait_for_original(lambda m: bool(m.attachments), timeout=60)
+            await done.wait_for_reply(lambda m: bool(m.attachments), timeout=60)
             shown = await env.fake.invoke_command("admin", {}, subcommand="workers", user=env.mod, guild=env.guild,
                                                   channel=env.channel)
-            message = await shown.wait_for_original(lambda m: bool(m.embeds))
+            message = await shown.wait_for_reply(lambda m: bool(m.embeds))
             text = message.embeds[0]["title"] + message.embeds[0]["description"]
             assert "GPU workers (1, 0 busy)" in text and "**shown** 🟢 idle on cpu · tiny" in text
             await asyncio.sleep(1.2)  # one observation of the pool

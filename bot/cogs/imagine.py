@@ -18,7 +18,7 @@ from generation.upscalers import hires_upscaler_names
 
 from ..attachments import DiscordImage
 from ..context import AppContext
-from ..errors import send_error
+from ..errors import acknowledge_then
 from ..formatting import MAX_OPTION_CHARS
 from ..requesters import requester_of
 from .settings import upscaler_autocomplete
@@ -64,14 +64,11 @@ def options_to_fields(options: dict) -> dict:
 
 
 async def submit_from_interaction(app: AppContext, interaction: discord.Interaction, ask: Ask) -> None:
-    """Every check first (a refusal is an ephemeral reply), then the acknowledgement, then the
-    download and the queue (a failure there replaces the "thinking" message)."""
-    prepared = await app.submissions.prepare(ask, requester_of(interaction))
-    await interaction.response.defer(thinking=True)
-    try:
-        await app.submissions.enqueue(prepared)
-    except EaselError as exc:
-        await send_error(interaction, exc)
+    """Acknowledged first ("thinking", within Discord's 3 s whatever the checks cost), then every
+    check, the download and the queue; a refusal reaches the member alone and the public
+    placeholder goes away."""
+    requester = requester_of(interaction)
+    await acknowledge_then(interaction, lambda: app.submissions.submit(ask, requester))
 
 
 def build_imagine_cog(app: AppContext) -> commands.Cog:

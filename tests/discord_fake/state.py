@@ -620,6 +620,19 @@ class FakeInteraction:
 
         return await self.wait_for(ready, timeout)
 
+    async def wait_for_reply(
+        self, predicate: Callable[[FakeMessage], bool] = lambda message: not message.loading, timeout: float = 15.0
+    ) -> FakeMessage:
+        """Waits until the original response or a follow-up (not deleted) satisfies predicate: where
+        an acknowledged-first command puts its answer (a refusal is an ephemeral follow-up)."""
+
+        def ready(interaction: FakeInteraction) -> FakeMessage | None:
+            candidates = [interaction.original, *interaction.followups]
+            return next((message for message in candidates
+                         if message is not None and not message.deleted and predicate(message)), None)
+
+        return await self.wait_for(ready, timeout)
+
 
 @dataclass
 class DiscordState:
