@@ -38,6 +38,10 @@ async def send_error(interaction: discord.Interaction, error: BaseException) -> 
     await tell_privately(interaction, text)
 
 
+# What a public "thinking" placeholder shows for the moment between its end and its deletion.
+ENDED_PLACEHOLDER = "…"
+
+
 async def tell_privately(interaction: discord.Interaction, text: str, **kwargs) -> None:
     """`text` (and a view, ...) to the member alone, whatever the interaction's acknowledgement was."""
     try:
@@ -46,7 +50,7 @@ async def tell_privately(interaction: discord.Interaction, text: str, **kwargs) 
             return
         # Discord turns the first follow-up after a "thinking" acknowledgement into that (public)
         # message: end the placeholder's loading state first, so the follow-up is a private one.
-        await interaction.edit_original_response(content="…", embed=None, attachments=[], view=None)
+        await interaction.edit_original_response(content=ENDED_PLACEHOLDER, embed=None, attachments=[], view=None)
         await interaction.followup.send(text, ephemeral=True, **kwargs)
     except discord.HTTPException:
         log.warning("could not tell the member: %s", text)

@@ -39,6 +39,21 @@ class PathsConfig:
 @dataclass(frozen=True)
 class DeviceConfig:
     device: str = "auto"
+    # Weights' dtype: auto = float16 on cuda/mps, float32 on cpu; bfloat16 on cards that have it.
+    dtype: str = "auto"
+    # accelerate's CPU offload: none, model (one model at a time on the GPU), sequential (layer by
+    # layer: least memory, slowest), or auto (by free memory and the checkpoint's size).
+    offload: str = "none"
+    vae_tiling_above: int = 1024 * 1024  # pixels; decode/encode in tiles above this (0: never)
+    vae_slicing: bool = True  # decode a batch one image at a time (GPU/MPS)
+    attention_slicing: bool = False
+    channels_last: bool = True  # GPU/MPS
+    tf32: bool = True  # on Ampere and later
+    # torch.compile of the UNet, one graph per size below (other sizes run uncompiled).
+    compile: bool = False
+    compile_sizes: tuple[str, ...] = ("512x512", "768x768", "1024x1024", "832x1216", "1216x832")
+    warmup: bool = True  # with compile: compile every size when a checkpoint loads
+    cache_bytes: int = 0  # loaded checkpoints' weights on the device; 0 = free memory minus a margin
 
 
 @dataclass(frozen=True)
@@ -238,6 +253,10 @@ def _check_value(section: str, key: str, value: Any, expected: type) -> tuple[An
     elif expected is str:
         if not isinstance(value, str):
             return value, f"{where} must be a string, not {value!r}"
+    elif expected == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return value, f"{where} must be a list of strings, not {value!r}"
+        value = tuple(value)
     elif expected == tuple[int, ...]:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return value, f"{where} must be a list of whole numbers, not {value!r}"
@@ -245,11 +264,31 @@ def _check_value(section: str, key: str, value: Any, expected: type) -> tuple[An
     return value, None
 
 
+_DTYPES = ("auto", "float16", "bfloat16", "float32")
+_OFFLOADS = ("none", "model", "sequential", "auto")
+
+
+def _device_checks(device: DeviceConfig) -> list[str]:
+    problems = []
+    if device.dtype not in _DTYPES:
+        problems.append(f"[device] dtype must be one of {', '.join(_DTYPES)}, not {device.dtype!r}")
+    if device.offload not in _OFFLOADS:
+        problems.append(f"[device] offload must be one of {', '.join(_OFFLOADS)}, not {device.offload!r}")
+    for size in device.compile_sizes:
+        match = re.fullmatch(r"(\d+)x(\d+)", size)
+        if not match or any(int(side) % 8 or int(side) < 64 for side in match.groups()):
+            problems.append(f"[device] compile_sizes: {size!r} is not WIDTHxHEIGHT in multiples of 8, at least 64")
+    if device.compile and device.offload in ("model", "sequential"):
+        problems.append("[device] compile needs offload = \"none\" or \"auto\" (an offloaded UNet is not compiled)")
+    return problems
+
+
 def _cross_checks(config: Config) -> list[str]:
     problems = []
     lim, dflt = config.limits, config.defaults
     if config.device.device not in _DEVICES and not re.fullmatch(r"cuda:\d+", config.device.device):
         problems.append(f"[device] device must be one of {', '.join(_DEVICES)}, not {config.device.device!r}")
+    problems += _device_checks(config.device)
     if not 1 <= lim.min_steps <= lim.max_steps:
         problems.append("[limits] need 1 <= min_steps <= max_steps")
     if not lim.min_steps <= dflt.steps <= lim.max_steps:

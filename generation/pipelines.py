@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Callable
 import torch
 
 from .checkpoints import CheckpointInfo
-from .config import ModelsConfig
+from .config import Config, DeviceConfig, ModelsConfig
 from .errors import ModelLoadError
 from .requests import Mode
 
@@ -29,7 +30,9 @@ class DeviceSpec:
     dtype: torch.dtype
 
     @classmethod
-    def choose(cls, wanted: str = "auto") -> "DeviceSpec":
+    def choose(cls, wanted: str = "auto", dtype: str = "auto") -> "DeviceSpec":
+        """The device (`[device] device`) and the weights' dtype (`[device] dtype`: auto is float16
+        on cuda/mps, float32 on the CPU; bfloat16 only where the GPU has it)."""
         if wanted == "auto":
             if torch.cuda.is_available():
                 wanted = "cuda"
@@ -45,12 +48,23 @@ class DeviceSpec:
         if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ModelLoadError("the device is mps but MPS is not available")
         # fp16 halves memory and is what SD runs in on GPUs; CPUs have no fast fp16 kernels.
-        return cls(device=wanted, dtype=torch.float16 if kind in ("cuda", "mps") else torch.float32)
+        from .device_options import resolve_dtype
+
+        try:
+            return cls(device=wanted, dtype=resolve_dtype(dtype, wanted))
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
 
 
 # A1111's "Inpainting conditioning mask strength" (opts.inpainting_mask_weight): 1 hides the whole
 # image from an inpainting model's img2img, 0 shows it all. The engine passes `[models]`'s value.
 DEFAULT_INPAINTING_MASK_WEIGHT = ModelsConfig.inpainting_mask_weight
+
+
+def _execution_device(pipe) -> torch.device:
+    """Where the VAE computes: its own device, or with CPU offload the device its hooks move it to."""
+    device = getattr(pipe, "_execution_device", None)
+    return device if isinstance(device, torch.device) else pipe.vae.device
 
 
 def encode_image_mean(pipe, pixels: torch.Tensor) -> torch.Tensor:
@@ -64,7 +78,7 @@ def encode_image_mean(pipe, pixels: torch.Tensor) -> torch.Tensor:
         if upcast:
             vae.to(dtype=torch.float32)
         try:
-            encoded = vae.encode(pixels.to(vae.device, torch.float32 if upcast else dtype))
+            encoded = vae.encode(pixels.to(_execution_device(pipe), torch.float32 if upcast else dtype))
         finally:
             if upcast:
                 vae.to(dtype=dtype)
@@ -98,7 +112,7 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
         if upcast:
             vae.to(dtype=torch.float32)
         try:
-            return vae.decode(latents.to(vae.device, torch.float32 if upcast else dtype)).sample.to(torch.float32)
+            return vae.decode(latents.to(_execution_device(pipe), torch.float32 if upcast else dtype)).sample.to(torch.float32)
         finally:
             if upcast:
                 vae.to(dtype=dtype)
@@ -173,6 +187,10 @@ class LoadedCheckpoint:
     embeddings: set[str] = field(default_factory=set)  # triggers already loaded into the shared text encoder
     lora_merger: object | None = None  # generation.lora_networks.LoraMerger, made when a LoRA is first used
     lora_set: tuple = ()  # the LoRA set merged into the weights now (Engine.lora_set)
+    # Weights held on the device, per component key (a module shared with other checkpoints has the
+    # same key in each): what the PipelineCache's byte bound counts. Empty when offloaded.
+    device_bytes: dict = field(default_factory=dict)
+    offload: str = "none"  # as applied ("auto" decided)
     _derived: dict[str, object] = field(default_factory=dict)
 
     def pipeline_for(self, mode: Mode):
@@ -211,8 +229,40 @@ class LoadedCheckpoint:
         return spec is not None and spec.inpainting
 
 
-def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoint:
+class SharedComponents:
+    """Modules that several checkpoints use, loaded once: a VAE file beside several checkpoints (one
+    file that `<name>.vae.safetensors` symlinks point to) is one module on the device. Held weakly:
+    it goes when the last checkpoint using it is unloaded."""
+
+    def __init__(self) -> None:
+        self._modules: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def get(self, key):
+        return self._modules.get(key)
+
+    def put(self, key, module) -> None:
+        self._modules[key] = module
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
+def _vae_key(info: CheckpointInfo, device: DeviceSpec) -> tuple:
+    return ("vae", str(Path(info.vae_path).resolve()), info.architecture, str(device.dtype))
+
+
+def load_checkpoint(info: CheckpointInfo, device: DeviceSpec, *, options: DeviceConfig | None = None,
+                    shared: SharedComponents | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint and apply `[device]` (generation.device_options): offload or placement, VAE
+    tiling/slicing, attention slicing, channels-last/SDPA/TF32, compile (+ warm-up), and the
+    NaN-safe VAE. Without `options` the defaults apply, less what only matters on a GPU when the
+    device is the CPU (results there stay exactly as without them). A VAE file already loaded for
+    another checkpoint (`shared`) is reused, not loaded again."""
     from diffusers import AutoencoderKL, DiffusionPipeline
+
+    from . import device_options
+
+    options = device_options.cpu_effective(options or DeviceConfig(), device.device)
 
     common = dict(safety_checker=None, requires_safety_checker=False)
     try:
@@ -232,36 +282,152 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceSpec) -> LoadedCheckpoin
             pipe = DiffusionPipeline.from_pretrained(info.path, dtype=device.dtype, **common)
         else:
             raise ModelLoadError(f"unknown checkpoint format {info.format!r}")
+        shared_vae = None
         if info.vae_path:
             from .architectures import config_dir
 
-            pipe.vae = AutoencoderKL.from_single_file(
-                info.vae_path, config=str(config_dir(info.architecture) / "vae"), local_files_only=True, dtype=device.dtype
-            )
+            shared_vae = shared.get(_vae_key(info, device)) if shared is not None else None
+            if shared_vae is None:
+                shared_vae = AutoencoderKL.from_single_file(
+                    info.vae_path, config=str(config_dir(info.architecture) / "vae"), local_files_only=True,
+                    dtype=device.dtype,
+                )
+                if shared is not None:
+                    shared.put(_vae_key(info, device), shared_vae)
+            else:
+                log.info("checkpoint %s shares the VAE %s already loaded", info.name, info.vae_path)
+            pipe.vae = shared_vae
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"could not load checkpoint {info.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device.device)
+    sizes = device_options.component_bytes(pipe)  # before offloading moves weights to the meta device
+    keys = {name: (info.path, info.sha256, name) for name in sizes}
+    if shared_vae is not None:
+        keys["vae"] = _vae_key(info, device)
+    offload = device_options.apply_memory_options(pipe, options, device.device)
+    device_options.apply_fast_path(pipe, options, device.device)
+    device_options.nan_safe_vae(pipe, info.name)
+    if options.compile and options.warmup and getattr(pipe.unet, "_easel_compiled", None) is not None:
+        device_options.warm_up(pipe)
     architecture = info.architecture
     if architecture == "unknown":
         architecture = "sdxl" if "XL" in type(pipe).__name__ else "sd1"
         unet = getattr(pipe, "unet", None)
         if getattr(getattr(unet, "config", None), "in_channels", 4) == 9:
             architecture += "-inpaint"
-    return LoadedCheckpoint(info=info, base=pipe, architecture=architecture, scheduler_config=dict(pipe.scheduler.config))
+    return LoadedCheckpoint(info=info, base=pipe, architecture=architecture, scheduler_config=dict(pipe.scheduler.config),
+                            device_bytes={keys[name]: size for name, size in sizes.items()} if offload == "none" else {},
+                            offload=offload)
+
+
+def estimate_checkpoint_bytes(info: CheckpointInfo, options: DeviceConfig | None = None) -> int:
+    """Bytes a checkpoint not loaded before may take on the device, from its files: a single file's
+    size, or a diffusers folder's largest weight file per model (variants are alternatives). An
+    upper bound more often than not (float32 files load as float16 on a GPU); 0 when offloaded or
+    unknown (the hub)."""
+    if options is not None and options.offload in ("model", "sequential"):
+        return 0
+    path = Path(info.path)
+    try:
+        if info.format in ("safetensors", "ckpt"):
+            return info.size or path.stat().st_size
+        if info.format == "diffusers" and path.is_dir():
+            total = 0
+            for folder in path.iterdir():
+                if folder.is_dir():
+                    weights = [f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")]
+                    total += max(weights, default=0)
+            return total
+    except OSError:
+        pass
+    return 0
 
 
 class PipelineCache:
-    """Keeps at most `capacity` checkpoints loaded; the least recently used one is dropped first."""
+    """Loaded checkpoints, bounded by the bytes of their weights on the device and by a count
+    (`capacity`); the least recently used ones are dropped until a new one fits.
 
-    def __init__(self, *, capacity: int, device: DeviceSpec, loader: Callable[[CheckpointInfo, DeviceSpec], LoadedCheckpoint] = load_checkpoint):
+    Bytes: `max_bytes` (default `[device] cache_bytes`), or when 0 what the device has free now plus
+    what the loaded checkpoints hold, less a working margin (2 GiB, 4 GiB with SDXL); no byte bound
+    where free memory cannot be measured (the CPU). A checkpoint counts the device-resident bytes of
+    its modules (`LoadedCheckpoint.device_bytes`), a module shared by several (one VAE file) once,
+    an offloaded one nothing. Before a checkpoint's first load its size is estimated from its files
+    (`estimate_checkpoint_bytes`), afterwards remembered; after the load, older ones are dropped
+    while the total is over the bound (never the one just loaded)."""
+
+    def __init__(self, *, capacity: int, device: DeviceSpec,
+                 loader: Callable[[CheckpointInfo, DeviceSpec], LoadedCheckpoint] | None = None,
+                 options: DeviceConfig | None = None, max_bytes: int | None = None,
+                 free_bytes: Callable[[], int | None] | None = None,
+                 estimate: Callable[[CheckpointInfo], int] | None = None):
+        from .device_options import free_device_bytes
+
         self._capacity = capacity
         self._device = device
-        self._loader = loader
+        self._options = options or DeviceConfig()
+        self.shared = SharedComponents()
+        self._loader = loader or functools.partial(load_checkpoint, options=self._options, shared=self.shared)
+        self._max_bytes = self._options.cache_bytes if max_bytes is None else max_bytes
+        self._free_bytes = free_bytes or (lambda: free_device_bytes(device.device))
+        self._estimate = estimate or functools.partial(estimate_checkpoint_bytes, options=self._options)
         self._entries: OrderedDict[tuple[str, str | None], LoadedCheckpoint] = OrderedDict()
+        self._footprints: dict[tuple[str, str | None], dict] = {}  # measured device bytes, kept after unloading
         self.loads = 0  # how many times a checkpoint was read from disk (affinity benchmark)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "PipelineCache":
+        """The cache `[models] pipeline_cache_size` and `[device]` ask for."""
+        return cls(capacity=config.models.pipeline_cache_size,
+                   device=DeviceSpec.choose(config.device.device, config.device.dtype), options=config.device)
+
+    @property
+    def options(self) -> DeviceConfig:
+        return self._options
+
+    @staticmethod
+    def _footprint(entry) -> dict:
+        return dict(getattr(entry, "device_bytes", None) or {})
+
+    @property
+    def held_bytes(self) -> int:
+        """Device bytes of the loaded checkpoints, each shared module once."""
+        held: dict = {}
+        for entry in self._entries.values():
+            held.update(self._footprint(entry))
+        return sum(held.values())
+
+    def budget(self, info: CheckpointInfo | None = None) -> int | None:
+        """The byte bound now: fixed, or measured; None when there is none."""
+        if self._max_bytes > 0:
+            return self._max_bytes
+        free = self._free_bytes()
+        if free is None:
+            return None
+        from .architectures import ARCHITECTURES, family
+        from .device_options import WORKING_MARGIN, WORKING_MARGIN_SDXL
+
+        names = [entry.info.architecture for entry in self._entries.values()] + ([info.architecture] if info else [])
+        sdxl = any(name in ARCHITECTURES and family(name) == "sdxl" for name in names)
+        return max(0, self.held_bytes + free - (WORKING_MARGIN_SDXL if sdxl else WORKING_MARGIN))
+
+    def _needed(self, key, info: CheckpointInfo) -> int:
+        known = self._footprints.get(key)
+        if known is None:
+            return self._estimate(info)
+        held = set()
+        for entry in self._entries.values():
+            held.update(self._footprint(entry))
+        return sum(size for part, size in known.items() if part not in held)
+
+    def _evict_oldest(self) -> None:
+        _, dropped = self._entries.popitem(last=False)
+        log.info("unloading checkpoint %s", dropped.info.name)
+        del dropped
+        gc.collect()
+        if self._device.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     @property
     def device(self) -> DeviceSpec:
@@ -283,17 +449,20 @@ class PipelineCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        while len(self._entries) >= self._capacity:
-            _, dropped = self._entries.popitem(last=False)
-            log.info("unloading checkpoint %s", dropped.info.name)
-            del dropped
-            gc.collect()
-            if self._device.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+        budget = self.budget(info)
+        while self._entries and (len(self._entries) >= self._capacity or
+                                 (budget is not None and self.held_bytes + self._needed(key, info) > budget)):
+            self._evict_oldest()
         log.info("loading checkpoint %s", info.name)
         entry = self._loader(info, self._device)
         self.loads += 1
         self._entries[key] = entry
+        self._footprints[key] = self._footprint(entry)
+        while budget is not None and len(self._entries) > 1 and self.held_bytes > budget:
+            self._evict_oldest()  # the estimate was low: drop older ones, never the one just loaded
+        if budget is not None and self.held_bytes > budget:
+            log.warning("checkpoint %s holds %.1f GB, over the cache's %.1f GB", info.name, self.held_bytes / 1e9,
+                        budget / 1e9)
         return entry
 
     def clear(self) -> None:

@@ -22,6 +22,13 @@ class BotEnv:
     channel: object
 
 
+def answered(message) -> bool:
+    """A reply that says something: not "thinking", and not a placeholder ended before its deletion."""
+    from bot.errors import ENDED_PLACEHOLDER
+
+    return not message.loading and message.content != ENDED_PLACEHOLDER
+
+
 # Set by conftest's gpu_workers_for_the_bot (EASEL_TEST_WORKERS=1): bots on the workers' models
 # folder dispatch to real workers (a test with a folder of its own runs its jobs itself).
 BROKER_URL: str | None = None

@@ -14,7 +14,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from conftest import EMBEDDING_WIDTH, write_embeddings
 from discord_fake import fake_discord
-from discord_support import easel_on_fake_discord
+from discord_support import answered, easel_on_fake_discord
 from generation.infotext import png_with_infotext
 
 MANAGE_SERVER = 1 << 5
@@ -38,7 +38,7 @@ def warned(message) -> bool:
     return "⚠️" in message.content
 
 
-async def ask(env, name, options=None, *, user, subcommand=None, channel=None, done=lambda m: not m.loading,
+async def ask(env, name, options=None, *, user, subcommand=None, channel=None, done=lambda m: answered(m),
               **kwargs):
     """Run a command and wait for its (first complete) answer."""
     interaction = await env.fake.invoke_command(name, options or {}, user=user, guild=env.guild,
@@ -228,6 +228,7 @@ async def test_queue_and_cancel_own_and_others_jobs(own_models, tmp_path):
             first = await env.fake.invoke_command("imagine", {"prompt": "first cat", "steps": 2}, user=env.alice,
                                                   guild=env.guild, channel=env.channel)
             await first.wait_until_acknowledged()
+            await bot_sees(lambda: env.app.service.position(1) is not None)  # queued (checked after the ack)
             second = await env.fake.invoke_command("imagine", {"prompt": "second *cat*", "steps": 2}, user=env.alice,
                                                    guild=env.guild, channel=env.channel)
             await second.wait_until_acknowledged()
@@ -381,7 +382,7 @@ async def test_models_admin_embedding_upload_refresh_and_checkpoint_switch(own_m
 
         async def add(filename: str, data: bytes, user=None, **kwargs):
             return await ask(env, "owner", {"file": (filename, data)}, user=user or owner,
-                             subcommand="embedding-add", done=lambda m: not m.loading, **kwargs)
+                             subcommand="embedding-add", done=answered, **kwargs)
 
         refused = await add("newstyle.safetensors", embedding_file(), user=env.bob, ignore_default_permissions=True)
         assert "only the bot's owner" in refused.content

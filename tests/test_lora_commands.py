@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from bot.model_admin import MAX_LORA_BYTES
 from conftest import write_embeddings
-from discord_support import easel_on_fake_discord
+from discord_support import answered, easel_on_fake_discord
 
 TEXT = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
 BLOCK = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_"
@@ -41,7 +41,7 @@ def own_models(models_dir, tmp_path):
 async def ask(env, name, options=None, *, user, subcommand=None, **kwargs):
     interaction = await env.fake.invoke_command(name, options or {}, user=user, guild=env.guild, channel=env.channel,
                                                 subcommand=subcommand, **kwargs)
-    return await interaction.wait_for_reply(lambda m: not m.loading, timeout=30)
+    return await interaction.wait_for_reply(answered, timeout=30)
 
 
 def description(message) -> str:
