@@ -76,3 +76,35 @@ class ComposableGuidance:
         combined = uncond.index_add(0, rows, weights * (conds - uncond[rows]))
         result = torch.cat([uncond, combined]) if self._guided else combined
         return (result,) if isinstance(output, tuple) else type(output)(sample=result)
+
+
+class PerImageGuidance:
+    """Classifier-free guidance of its own for each image of a batch, so jobs that differ only in
+    CFG scale share one pipeline call. The pipeline runs with the batch's largest scale `g`; a hook
+    on the UNet's output turns each image's conditional prediction into
+    ``uncond + (g_i / g) (cond - uncond)``, so the pipeline's ``uncond + g (cond' - uncond)`` is
+    ``uncond + g_i (cond - uncond)``: what the image gets alone. Attach it after ComposableGuidance
+    (it then scales the combined prediction, which is A1111's order too)."""
+
+    def __init__(self, scales: list[float]):
+        self.scale = max(scales)
+        self._ratios = torch.tensor([scale / self.scale for scale in scales])
+
+    @contextlib.contextmanager
+    def attached(self, unet: torch.nn.Module) -> Iterator[None]:
+        handle = unet.register_forward_hook(self._rescale, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _rescale(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        prediction = output[0] if isinstance(output, tuple) else output.sample
+        images = self._ratios.shape[0]
+        if prediction.shape[0] != 2 * images:
+            raise ValueError(f"per-image guidance needs [uncond; cond] rows for {images} images, "
+                             f"got {prediction.shape[0]}")
+        uncond, cond = prediction[:images], prediction[images:]
+        ratios = self._ratios.to(prediction.device, prediction.dtype).view(-1, *[1] * (prediction.dim() - 1))
+        result = torch.cat([uncond, uncond + ratios * (cond - uncond)])
+        return (result,) if isinstance(output, tuple) else type(output)(sample=result)

@@ -104,7 +104,9 @@ def batch_key(request: GenerationRequest, checkpoint_name: str, prompt_chunks: i
     set (`Engine.lora_set`): one UNet call runs with one set of merged weights. A hires pass adds
     its own size, steps, upscaler, sampler, strength and chunks (`hires_chunks`).
     """
-    key = (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, float(request.cfg_scale),
+    # Scales above 1 differ per image (composable.PerImageGuidance); 1 and below run unguided.
+    cfg = "guided" if request.cfg_scale > 1 else float(request.cfg_scale)
+    key = (checkpoint_name, request.mode, request.sampler, request.schedule, request.steps, cfg,
            request.width, request.height, request.clip_skip,
            float(request.strength) if request.mode != "txt2img" else None, prompt_chunks, loras)
     hires = hires_plan(request)
@@ -617,7 +619,7 @@ class _BatchRun:
             prompt_embeds=prompt_embeds.to(device.device, device.dtype),
             negative_prompt_embeds=negative_embeds.to(device.device, device.dtype),
             num_inference_steps=request.steps,
-            guidance_scale=float(request.cfg_scale),
+            guidance_scale=self.guidance_scale,
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
             output_type="pil",
             callback_on_step_end=self._on_step_end,
@@ -689,7 +691,7 @@ class _BatchRun:
             image=latents, strength=img2img_strength(total, hires.steps), num_inference_steps=total,
             prompt_embeds=prompt_embeds.to(device.device, device.dtype),
             negative_prompt_embeds=negative_embeds.to(device.device, device.dtype),
-            guidance_scale=float(request.cfg_scale),
+            guidance_scale=self.guidance_scale,
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
             output_type="pil", callback_on_step_end=self._on_step_end,
             callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
@@ -824,13 +826,22 @@ class _BatchRun:
                 kwargs["latents"] = start / probe.init_noise_sigma
         return kwargs
 
-    def _guidance_attached(self):
-        if not self.conditioning.is_composable:
-            return contextlib.nullcontext()
-        from .composable import ComposableGuidance
+    @property
+    def guidance_scale(self) -> float:
+        """The scale the pipeline runs with: the batch's largest (PerImageGuidance scales the others)."""
+        return max(float(item.request.cfg_scale) for item in self.items)
 
-        self.guidance = ComposableGuidance(self.conditioning)
-        return self.guidance.attached(self.pipe.unet)
+    def _guidance_attached(self):
+        from .composable import ComposableGuidance, PerImageGuidance
+
+        stack = contextlib.ExitStack()
+        if self.conditioning.is_composable:
+            self.guidance = ComposableGuidance(self.conditioning)
+            stack.enter_context(self.guidance.attached(self.pipe.unet))
+        scales = [float(self.items[owner].request.cfg_scale) for owner in self.owner]
+        if len(set(scales)) > 1:  # the batch key lets only scales above 1 differ: all run guided
+            stack.enter_context(PerImageGuidance(scales).attached(self.pipe.unet))
+        return stack
 
     def _on_step_end(self, pipe, step_index: int, timestep, tensors: dict) -> dict:
         if all(item.cancel.canceled for item in self.items):

@@ -304,3 +304,21 @@ def test_unknown_networks_are_refused_clearly_not_read_as_words(engine):
     assert "extra networks are not supported: <hypernet:old:1>; remove them" in str(refused.value)
     engine.check_request(tiny_request(prompt="a cat", negative_prompt="<hypernet:old:1> <lora:x:1>"))  # text there
     engine.check_request(tiny_request(prompt="a <cat> and (dog:1.2)"))  # angle brackets alone are text
+
+
+@pytest.mark.parametrize("sampler, prompt", [("Euler", "a red cat"), ("DPM++ 2M", "a red cat AND a blue dog:0.6")])
+def test_jobs_differing_only_in_cfg_share_a_batch_and_equal_their_alone_images(engine, sampler, prompt):
+    """Per-image CFG (composable.PerImageGuidance): one pipeline call, each image as alone (1/255)."""
+    import numpy as np
+
+    requests = [tiny_request(seed=5, cfg_scale=7.0, sampler=sampler, prompt=prompt),
+                tiny_request(seed=6, cfg_scale=3.5, sampler=sampler, prompt=prompt, count=2),
+                tiny_request(seed=9, cfg_scale=12.0, sampler=sampler, prompt=prompt)]
+    assert len({engine.check(request).batch_key for request in requests}) == 1
+    assert engine.check(tiny_request(cfg_scale=1.0)).batch_key != engine.check(tiny_request(cfg_scale=7.0)).batch_key
+    together = engine.run_batch([BatchItem(key=i, request=r) for i, r in enumerate(requests)])
+    for index, request in enumerate(requests):
+        for alone, batched in zip(engine.generate(request), together[index]):
+            difference = np.abs(np.asarray(alone.image, dtype=np.int16) - np.asarray(batched.image, dtype=np.int16))
+            assert difference.max() <= 1
+            assert f"CFG scale: {request.cfg_scale:g}" in batched.infotext
