@@ -24,15 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
+from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:  # Alembic is imported only when a schema change has to run (a fast start otherwise)
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +226,31 @@ class Database:
 # Schema upgrades
 
 
-def alembic_config(db_path: Path, *, script_location: Path | None = None) -> Config:
+# The newest migration's revision: a database stamped with it needs no Alembic at all (tests check
+# this against Alembic's own head, so a new migration cannot forget it).
+SCHEMA_HEAD: Final = "0003"
+
+
+def stamped_revision(db_path: Path) -> str | None:
+    """The revision stamped in the database, read with sqlite3 alone; None when there is none or
+    it cannot be read (then the full Alembic path decides)."""
+    if not _database_has_content(db_path):
+        return None
+    try:
+        connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def alembic_config(db_path: Path, *, script_location: Path | None = None) -> "Config":
     """An Alembic config built in code; no alembic.ini is read at runtime."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location or MIGRATIONS_DIR))
     # Only for the developer CLI path in env.py; the app hands env.py a connection instead.
@@ -236,7 +258,9 @@ def alembic_config(db_path: Path, *, script_location: Path | None = None) -> Con
     return config
 
 
-def head_revision(config: Config) -> str:
+def head_revision(config: "Config") -> str:
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory.from_config(config).get_heads()
     if len(heads) != 1:
         raise MigrationError(f"the migration scripts have {len(heads)} heads; expected one")
@@ -247,6 +271,8 @@ def current_revision(db_path: Path) -> str | None:
     """The revision stamped in the database, or None for a new or empty file."""
     if not _database_has_content(db_path):
         return None
+    from alembic.runtime.migration import MigrationContext
+
     engine = create_migration_engine(db_path)
     try:
         # A plain read (BEGIN DEFERRED), so that a start does not wait for another process's write.
@@ -260,8 +286,10 @@ def _database_has_content(db_path: Path) -> bool:
     return db_path.exists() and db_path.stat().st_size > 0
 
 
-def _run_upgrade(config: Config, db_path: Path, revision: str) -> None:
+def _run_upgrade(config: "Config", db_path: Path, revision: str) -> None:
     """Apply the migrations on one connection, in one transaction."""
+    from alembic import command
+
     engine = create_migration_engine(db_path)
     try:
         with engine.connect() as connection:
@@ -307,7 +335,7 @@ def upgrade_database(
     *,
     revision: str = "head",
     script_location: Path | None = None,
-    run_upgrade: Callable[[Config, Path, str], None] | None = None,
+    run_upgrade: Callable[["Config", Path, str], None] | None = None,
 ) -> Path | None:
     """Bring the database file to `revision`, creating it if needed.
 
@@ -316,6 +344,10 @@ def upgrade_database(
     path (kept after success, for the operator) or None when no upgrade of existing data ran.
     The database, its -wal/-shm files and the backup are made 0600 (owner read/write only).
     """
+    db_path = Path(db_path)
+    if revision == "head" and script_location is None and stamped_revision(db_path) == SCHEMA_HEAD:
+        secure_database_files(db_path)
+        return None  # current: no Alembic import, no migration work
     with _ALEMBIC_LOCK:
         return _upgrade_database(
             Path(db_path), revision=revision, script_location=script_location, run_upgrade=run_upgrade
@@ -327,8 +359,11 @@ def _upgrade_database(
     *,
     revision: str,
     script_location: Path | None,
-    run_upgrade: Callable[[Config, Path, str], None] | None,
+    run_upgrade: Callable[["Config", Path, str], None] | None,
 ) -> Path | None:
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
     db_path.parent.mkdir(parents=True, exist_ok=True)
     existed = db_path.exists()
     # Before SQLite touches the file, so its -wal and -shm files get the same 0600 mode.

@@ -567,3 +567,24 @@ def test_every_repository_write_is_retried() -> None:
     source = inspect.getsource(repositories)
     assert ".write()" not in source
     assert "engine.begin" not in source and "engine.connect" not in source
+
+
+def test_a_current_database_opens_without_alembic(tmp_path):
+    """The schema head is known without Alembic, and a current database is opened by a process
+    that never imports it (what keeps `easel generate`'s start-up short)."""
+    import subprocess
+    import sys
+
+    from storage.db import SCHEMA_HEAD, stamped_revision
+
+    db_path = tmp_path / "easel.db"
+    assert head_revision(alembic_config(db_path)) == SCHEMA_HEAD
+    upgrade_database(db_path)
+    assert stamped_revision(db_path) == SCHEMA_HEAD
+    probe = ("import sys, asyncio; from storage import open_store\n"
+             f"store = asyncio.run(open_store({str(db_path)!r}))\n"
+             "print('alembic' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
