@@ -189,8 +189,7 @@ class Engine:
         self.registry = registry
         self._counter: tuple[tuple, object] | None = None  # (the embeddings it knows, the counting encoder)
         self._counter_lock = threading.Lock()
-        self.cache = cache or PipelineCache(capacity=config.models.pipeline_cache_size,
-                                            device=DeviceSpec.choose(config.device.device))
+        self.cache = cache or PipelineCache.from_config(config)
         self._lora_files = _LoraFiles(config.models.lora_cache_size)
         self._upscalers = None  # UpscalerCache, made on first use (GPU thread only)
 
