@@ -42,10 +42,19 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
     service = None
     submissions = None
     metrics = None
+    threads_before = None
     try:
         registry = ModelRegistry.from_config(config)
         await refresh_models(registry, store)
         engine = Engine(config=config, registry=registry)
+        if engine.cache.device.device == "cpu" and not config.workers.broker_url:
+            # The event loop keeps a core: Discord's heartbeat and every command stay on time.
+            import torch
+
+            from generation.pipelines import cpu_thread_budget
+
+            threads_before = torch.get_num_threads()
+            torch.set_num_threads(cpu_thread_budget(config.device.cpu_threads))
         if config.workers.broker_url:  # GPU workers run the jobs: this process loads no model
             from generation.remote import RemoteExecutor
 
@@ -66,6 +75,10 @@ async def open_app(config: Config) -> AsyncIterator[AppContext]:
         yield AppContext(config=config, store=store, registry=registry, engine=engine, service=service,
                          submissions=submissions, uploads=uploads)
     finally:
+        if threads_before is not None:
+            import torch
+
+            torch.set_num_threads(threads_before)
         if metrics is not None:
             await metrics.__aexit__(None, None, None)
         if submissions is not None:

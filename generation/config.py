@@ -54,6 +54,9 @@ class DeviceConfig:
     compile_sizes: tuple[str, ...] = ("512x512", "768x768", "1024x1024", "832x1216", "1216x832")
     warmup: bool = True  # with compile: compile every size when a checkpoint loads
     cache_bytes: int = 0  # loaded checkpoints' weights on the device; 0 = free memory minus a margin
+    # Generating on the CPU, the bot leaves its event loop (Discord's heartbeat, every command) a
+    # core: torch gets this many threads, 0 = every core but one.
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,8 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("[limits] max_prompt_parts must be at least 1")
     if lim.max_prompt_chars < 1 or lim.max_schedule_texts < 1 or lim.max_prompt_weight <= 0:
         problems.append("[limits] max_prompt_chars, max_schedule_texts and max_prompt_weight must be positive")
+    if config.device.cpu_threads < 0:
+        problems.append("[device] cpu_threads must be 0 (every core but one) or more")
     if not 0 < config.workers.heartbeat_s < config.workers.lease_s:
         problems.append("[workers] need 0 < heartbeat_s < lease_s")
     if config.workers.broker_url and not config.workers.broker_url.startswith(("redis://", "rediss://")):

@@ -24,6 +24,14 @@ from .requests import Mode
 log = logging.getLogger(__name__)
 
 
+def cpu_thread_budget(wanted: int, cores: int | None = None) -> int:
+    """torch's threads for CPU generation beside an event loop: `wanted`, or every core but one."""
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    return wanted if wanted > 0 else max(1, cores - 1)
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     device: str  # cpu, cuda, mps

@@ -76,6 +76,7 @@ class Gateway:
     ) -> None:
         self._state = state
         self._heartbeat_interval_ms = int(heartbeat_interval * 1000)
+        self.heartbeats: list[float] = []  # loop time of each heartbeat the client sent
         self._allowed_privileged = allowed_privileged_intents
         self._resume_url = resume_url
         self.sessions: dict[str, GatewaySession] = {}
@@ -143,6 +144,9 @@ class Gateway:
         self, socket: web.WebSocketResponse, session: GatewaySession | None, op: int, data: Any
     ) -> GatewaySession | None:
         if op == HEARTBEAT:
+            import asyncio
+
+            self.heartbeats.append(asyncio.get_running_loop().time())
             await self._send(socket, {"op": HEARTBEAT_ACK, "d": None}, session=session)
             return session
         if op == IDENTIFY:
