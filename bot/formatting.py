@@ -158,6 +158,20 @@ GUILD_LIMIT_LABELS: dict[str, str] = {"max_steps": "Max steps", "max_width": "Ma
                                       "max_queued": "Max queued in the server"}
 
 
+EXACT_POSITIONS = 10  # the first places in the queue are shown exactly; further back, in steps
+POSITION_STEPS = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def queue_position_text(position: int) -> str:
+    """A waiting job's place as its message shows it. Past the first places only the step it is
+    within ("within the first 50"), so a long queue moving up one place per pick edits a message
+    a handful of times, not once per pick (Discord rate-limits edits)."""
+    if position <= EXACT_POSITIONS:
+        return f"⏳ Queued — position {position}"
+    step = next((step for step in POSITION_STEPS if position <= step), None)
+    return f"⏳ Queued — within the first {step:,}" if step else f"⏳ Queued — {POSITION_STEPS[-1]:,}+ waiting ahead"
+
+
 def worker_line(view) -> str:
     """One GPU worker for /admin workers (a metrics.WorkerView)."""
     memory = f" · {view.free_memory / 2**30:.1f} GiB free" if view.free_memory is not None else ""

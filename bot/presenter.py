@@ -18,6 +18,7 @@ from generation.requests import GenerationRequest
 from generation.service import (JobCanceled, JobEvent, JobFailed, JobFinished, JobProgress, JobQueued, JobStarted)
 
 from .context import AppContext
+from .formatting import queue_position_text
 from .throttle import LatestFrameEditor
 from .views import result_view
 
@@ -93,6 +94,7 @@ class Presenter:
         self._subscription = None
         self._task: asyncio.Task | None = None
         self._editors: dict[int, LatestFrameEditor] = {}
+        self._positions: dict[int, str] = {}  # the queue text each waiting job's message shows
         self._jobs: dict[int, object] = {}
         self._finals: set[asyncio.Task] = set()
 
@@ -141,13 +143,18 @@ class Presenter:
         if job is None or job.frontend != "discord":
             return
         if isinstance(event, JobQueued):
-            self._offer(job, (f"⏳ Queued — position {event.position}", None))
+            text = queue_position_text(event.position)
+            if self._positions.get(job.id) != text:  # coalesced: one edit per step, not per place
+                self._positions[job.id] = text
+                self._offer(job, (text, None))
         elif isinstance(event, JobStarted):
+            self._positions.pop(job.id, None)
             self._offer(job, ("🎨 Starting…", None))
         elif isinstance(event, JobProgress):
             text = f"🎨 {progress_bar(event.step, event.total)} {event.step}/{event.total}"
             self._offer(job, (text, event.preview_png))
         else:
+            self._positions.pop(job.id, None)
             editor = self._editors.pop(job.id, None)
             if editor is not None:
                 await editor.close()

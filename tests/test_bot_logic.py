@@ -441,3 +441,18 @@ def test_info_shows_a1111s_inpaint_keys():
     fields = {field.name: field.value for field in embed.fields}
     assert (fields["Mask blur"], fields["Masked content"], fields["Masked area padding"]) == ("8", "latent noise", "16")
     assert (fields["Mask mode"], fields["Inpaint area"]) == ("Inpaint not masked", "Only masked")
+
+
+def test_queue_positions_are_coalesced_into_steps():
+    """A job 1,000 places back that moves to the front one pick at a time changes its text only a
+    handful of times (each change is one message edit on Discord)."""
+    from bot.formatting import queue_position_text
+
+    assert queue_position_text(3) == "⏳ Queued — position 3"
+    assert queue_position_text(10) == "⏳ Queued — position 10"
+    assert queue_position_text(11) == "⏳ Queued — within the first 20"
+    assert queue_position_text(999) == "⏳ Queued — within the first 1,000"
+    assert queue_position_text(20001) == "⏳ Queued — 10,000+ waiting ahead"
+    texts = [queue_position_text(position) for position in range(1000, 0, -1)]
+    changes = sum(1 for before, after in zip(texts, texts[1:]) if before != after)
+    assert changes == 15  # 1000 -> 500 -> 200 -> 100 -> 50 -> 20 -> 10, 9, ..., 1
