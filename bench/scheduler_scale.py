@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
               f"through the scheduler's lazy order generator, which is private (_service_order); nothing public "
               f"offers it. To meet the goal, generation/scheduler.py would need a public positions(limit=K) (or "
               f"positions_of(job_ids)) built on that generator, and generation/service.py would publish only "
-              f"those (the jobs whose messages show a place) and answer position() for the rest on demand.")
+              f"those (the jobs whose messages show a place) and answer position() for the rest on demand; that "
+              f"alone still misses 1 ms while each walk starts from scratch (below).")
     members = len(scheduler._queues)
     setup, snapshot = results["walk setup"][0], results["queue snapshot"][0]
     if not next_ok or not positions_ok:
