@@ -7,6 +7,7 @@ never holds a backlog. Everything that crosses is data, serialized as JSON (neve
     easel:workers                 set of worker names
     easel:worker:<name>           a worker's heartbeat (JSON), expiring after the lease
     easel:input:<sha256>          an init image or mask the batch needs (PNG bytes, TTL)
+    easel:wanted:<batch>          set while the bot waits for the batch (a stale one is skipped)
     easel:events:<batch>          the batch's events, a Redis stream (progress, finished, ...)
     easel:result:<batch>:<job>:<i> a finished PNG (TTL); the finished event names these keys
     easel:cancel:<job>            set to stop a job; the worker checks it every few tens of ms
@@ -36,6 +37,12 @@ def worker_key(name: str) -> str:
 def worker_queue(name: str) -> str:
     """The Celery queue only this worker consumes: a batch goes to the idle worker the bot chose."""
     return f"easel.worker.{name}"
+
+
+def wanted_key(batch: str) -> str:
+    """Set while the bot waits for the batch: a worker skips a batch nobody waits for any more (a
+    message left on its queue when it stopped, run after a restart under the same name)."""
+    return f"{PREFIX}wanted:{batch}"
 
 
 def input_key(digest: str) -> str:

@@ -200,6 +200,7 @@ class RemoteExecutor:
                 self.ran_on[item.key] = device.name
             while len(self.ran_on) > 1000:
                 del self.ran_on[next(iter(self.ran_on))]
+            await self.redis.set(broker.wanted_key(batch), "1", ex=broker.DATA_TTL_S)
             await asyncio.to_thread(self.app.send_task, broker.TASK, args=[message.to_dict()],
                                     queue=broker.worker_queue(device.name))
             last_id = "0-0"
@@ -226,7 +227,7 @@ class RemoteExecutor:
                 self._running.pop(item.key, None)
             self.release(device)
             try:
-                await self.redis.delete(stream)
+                await self.redis.delete(stream, broker.wanted_key(batch))
             except Exception:
                 log.warning("could not remove the stream of batch %s", batch)
 

@@ -140,6 +140,9 @@ class Worker:
         from .requests import GenerationRequest
 
         stream = broker.events_key(message.batch)
+        if not self.redis.exists(broker.wanted_key(message.batch)):
+            log.warning("skipped batch %s: the bot no longer waits for it", message.batch)
+            return
 
         def send(kind: str, **fields) -> None:
             fields = {"t": kind, **{k: v if isinstance(v, bytes) else json.dumps(v) for k, v in fields.items()}}
