@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(PY) bench/discord_ack.py
 	$(PY) bench/lora.py
 	$(PY) bench/workers.py
+	$(PY) bench/community.py
+	$(PY) bench/scheduler_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

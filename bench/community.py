@@ -15,11 +15,17 @@ would take far too long on CPUs), 20 or 30 steps, CFG 5-9 in steps of 0.5, its o
 are comparable. To spread drift of the machine's speed evenly, the window is split in two halves run as
 raw, easel, easel, raw, each half starting from an empty queue.
 
-Goals: easel's jobs/s >= 2.5x the raw loop's; a light member's mean wait (submit -> start) <= 1.5 job-times,
-a job-time being the median run time of one job alone (the raw loop's calls).
+Arrivals: each member is a Poisson process; a light member's rate is 1/4 of a regular's and 1/10 of a heavy's,
+the 50 together `--rate` jobs/s (default 1.2, about twice what easel serves at these sizes on 2 CPUs, so its
+queue stays busy and batches can form). Fewer jobs than the rate suggests make p95 coarse: raise --seconds.
 
-    python bench/community.py [--seconds 20] [--rate R] [--sizes 256,384] [--size-weights 4,1]
-                              [--steps 20,30] [--step-weights 4,1] [--threads N] [--quick]
+Goals: easel's jobs/s >= 2.5x the raw loop's; a light member's mean wait (submit -> start) <= 1.5 job-times,
+a job-time being the median run time of one job alone (the raw loop's calls). To show what batching can
+give at all on the machine, the engine alone also runs 4 one-image jobs one by one and as one batch.
+
+    python bench/community.py [--seconds 20] [--rate 1.2] [--sizes 256,384] [--size-weights 4,1]
+                              [--steps 20,30] [--step-weights 4,1] [--members 40,7,3] [--seed 7]
+                              [--threads N] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import asyncio  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 
 from bench._common import (BenchModels, cpu_note, make_config, make_registry, prepare_environment,  # noqa: E402
                            print_table, tiny_models, verdict)
@@ -104,9 +110,9 @@ def make_workload(*, seconds: float, rate: float, members: tuple[int, int, int],
                   seed: int) -> list[Job]:
     """Each member a Poisson process; the classes' per-member rates in the ratio of their rate_weight."""
     rng = random.Random(seed)
-    owners: list[tuple[int, MemberClass]] = []
+    owners: list[tuple[int, MemberClass]] = []  # (owner id, class), ids from 1
     for member_class, how_many in zip(CLASSES, members):
-        owners += [(len(owners) + 1, member_class) for _ in range(how_many)]
+        owners += [(len(owners) + 1 + i, member_class) for i in range(how_many)]
     total_weight = sum(member_class.rate_weight for _, member_class in owners)
     arrivals: list[tuple[float, int, MemberClass]] = []
     for member, member_class in owners:
@@ -130,7 +136,7 @@ def halves(jobs: list[Job], seconds: float) -> tuple[list[Job], list[Job]]:
     """The window's two halves, each shifted to start at 0."""
     middle = seconds / 2
     first = [job for job in jobs if job.arrival < middle]
-    second = [Job(**{**job.__dict__, "arrival": job.arrival - middle}) for job in jobs if job.arrival >= middle]
+    second = [replace(job, arrival=job.arrival - middle) for job in jobs if job.arrival >= middle]
     return first, second
 
 
@@ -287,37 +293,41 @@ def merge(outcomes: list[Outcome]) -> Outcome:
     return total
 
 
-def report(jobs: list[Job], raw: Outcome, easel: Outcome, members: tuple[int, int, int]) -> bool:
+def fmt(value: float, digits: int = 2) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # nan (no jobs of that class): a dash
+
+
+def report(jobs: list[Job], raw: Outcome, easel: Outcome, members: tuple[int, int, int],
+           ceiling: tuple[float, float] | None) -> bool:
     images = sum(job.count for job in jobs)
     job_time = statistics.median(raw.run_times)
-    print(f"\nthroughput (both halves; wall = first arrival to last end, summed over the halves)")
+    print("\nthroughput (both halves; wall = first arrival to last end, summed over the halves)")
     rows = []
     for label, outcome in (("raw diffusers, one job per call", raw), ("easel (fair, max_batch 4)", easel)):
-        busy = busy_of(outcome)
         rows.append([label, len(jobs), images, f"{outcome.span:.1f}", f"{len(jobs) / outcome.span:.3f}",
                      len(outcome.call_images), f"{images / max(len(outcome.call_images), 1):.2f}",
-                     f"{statistics.median(outcome.run_times) * 1000:.0f}", f"{busy * 100:.0f}%",
+                     f"{statistics.median(outcome.run_times) * 1000:.0f}", f"{busy_of(outcome) * 100:.0f}%",
                      outcome.failed or ""])
     print_table(["side", "jobs", "images", "wall (s)", "jobs/s", "pipeline calls", "images/call", "median call (ms)",
                  "busy", "failed"], rows)
     speedup = raw.span / easel.span
     sizes = sorted(easel.call_images)
-    print(f"  easel's calls by images: " + ", ".join(f"{n}: {sizes.count(n)}" for n in sorted(set(sizes))))
+    print("  easel's calls by images: " + ", ".join(f"{n}: {sizes.count(n)}" for n in sorted(set(sizes))))
 
-    print(f"\nwait, submit -> start (s); job-time = median raw call = {job_time * 1000:.0f} ms")
+    print(f"\nwait, submit -> start (s); job-time = median raw call (one job alone) = {job_time * 1000:.0f} ms")
     rows = []
     light_mean = float("nan")
     for member_class, how_many in zip(CLASSES, members):
         mine = [job.index for job in jobs if job.member_class == member_class.name]
         easel_waits = [easel.waits[i] for i in mine if i in easel.waits]
         raw_waits = [raw.waits[i] for i in mine if i in raw.waits]
-        mean = statistics.fmean(easel_waits) if easel_waits else float("nan")
+        easel_mean = statistics.fmean(easel_waits) if easel_waits else float("nan")
+        raw_mean = statistics.fmean(raw_waits) if raw_waits else float("nan")
         if member_class.name == "light":
-            light_mean = mean / job_time
-        rows.append([member_class.name, how_many, len(mine), f"{percentile(easel_waits, 0.5):.2f}",
-                     f"{percentile(easel_waits, 0.95):.2f}", f"{mean:.2f}", f"{mean / job_time:.2f}",
-                     f"{percentile(raw_waits, 0.5):.2f}", f"{percentile(raw_waits, 0.95):.2f}",
-                     f"{(statistics.fmean(raw_waits) if raw_waits else float('nan')) / job_time:.2f}"])
+            light_mean = easel_mean / job_time
+        rows.append([member_class.name, how_many, len(mine), fmt(percentile(easel_waits, 0.5)),
+                     fmt(percentile(easel_waits, 0.95)), fmt(easel_mean), fmt(easel_mean / job_time),
+                     fmt(percentile(raw_waits, 0.5)), fmt(percentile(raw_waits, 0.95)), fmt(raw_mean / job_time)])
     print_table(["class", "members", "jobs", "easel p50", "easel p95", "easel mean", "mean (job-times)",
                  "raw p50", "raw p95", "raw mean (job-times)"], rows)
     if easel.late > 0.5:
@@ -327,10 +337,14 @@ def report(jobs: list[Job], raw: Outcome, easel: Outcome, members: tuple[int, in
 
     failed = raw.failed + easel.failed
     speed_ok = speedup >= GOAL_SPEEDUP and failed == 0
-    wait_ok = light_mean <= GOAL_LIGHT_WAIT and failed == 0
+    wait_ok = light_mean <= GOAL_LIGHT_WAIT and failed == 0  # False when there were no light jobs (nan)
     print(f"\neasel {len(jobs) / easel.span:.3f} jobs/s vs raw {len(jobs) / raw.span:.3f} jobs/s: {speedup:.2f}x"
           f"   goal >= {GOAL_SPEEDUP:g}x: {verdict(speed_ok)}")
-    print(f"light member's mean wait: {light_mean:.2f} job-times   goal <= {GOAL_LIGHT_WAIT:g}: {verdict(wait_ok)}"
+    if ceiling is not None and not speed_ok:
+        print(f"  (batching 4 one-image jobs gains only {ceiling[0] / ceiling[1]:.2f}x on this machine, engine alone; "
+              f"count-4 jobs are one call on both sides)")
+    print(f"light member's mean wait: {fmt(light_mean)} job-times   goal <= {GOAL_LIGHT_WAIT:g}: {verdict(wait_ok)}"
+          + (" (no light jobs in this window: raise --seconds)" if light_mean != light_mean else "")
           + (f" ({failed} jobs failed!)" if failed else ""))
     return speed_ok and wait_ok
 
@@ -341,17 +355,31 @@ def busy_of(outcome: Outcome) -> float:
 
 # ---------------------------------------------------------------------------------------------- main
 def warm_up(engine, pipe, scheduler_config, jobs: list[Job]) -> None:
-    """First calls at a new shape are slow (kernel setup): every shape both sides will see, 2 steps, unmeasured."""
+    """First calls at a new shape are slow (kernel setup): every UNet and VAE shape either side will see, 2 steps,
+    unmeasured. Both sides run the same modules, so the raw calls warm the kernels for easel too; one engine call
+    per size warms easel's own path (per-image guidance included)."""
     from generation.engine import BatchItem
-    from generation.requests import GenerationRequest
 
     for size in sorted({job.size for job in jobs}):
-        for images in range(1, 5):
-            raw_call(pipe, scheduler_config, Job(index=-1, member=0, member_class="", arrival=0.0, size=size, steps=2,
-                                                 cfg=7.0, count=images, seed=images, prompt="a red cat"))
-            engine.run_batch([BatchItem(key=i, request=GenerationRequest(
-                prompt="a red cat", sampler=SAMPLER, steps=2, cfg_scale=5.0 + i, width=size, height=size, seed=i))
-                for i in range(images)])
+        for images in sorted({job.count for job in jobs} | {1, 2, 3, 4}):
+            raw_call(pipe, scheduler_config, replace(jobs[0], size=size, steps=2, count=images))
+        engine.run_batch([BatchItem(key=i, request=easel_request(replace(jobs[0], size=size, steps=2, count=1,
+                                                                         cfg=5.0 + i, seed=i))) for i in range(2)])
+
+
+def batching_ceiling(engine, job: Job) -> tuple[float, float]:
+    """Engine alone, no service: seconds for 4 one-image jobs like `job` one by one, and as one batch. Their ratio
+    is the most batching can gain on this machine at that size (a busy GPU gains far more than CPUs)."""
+    from generation.engine import BatchItem
+
+    requests = [easel_request(replace(job, count=1, cfg=CFG_SCALES[2 * i], seed=job.seed + i)) for i in range(4)]
+    start = time.perf_counter()
+    for request in requests:
+        engine.run_batch([BatchItem(key=0, request=request)])
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    engine.run_batch([BatchItem(key=i, request=request) for i, request in enumerate(requests)])
+    return alone, time.perf_counter() - start
 
 
 async def run(args, members: tuple[int, int, int], sizes, steps) -> bool:
@@ -371,6 +399,12 @@ async def run(args, members: tuple[int, int, int], sizes, steps) -> bool:
         pipe, scheduler_config = make_raw_pipeline(engine)
         started = time.perf_counter()
         warm_up(engine, pipe, scheduler_config, jobs)
+        ceiling = None
+        if not args.quick:
+            common = statistics.mode([(job.size, job.steps) for job in jobs])
+            ceiling = batching_ceiling(engine, replace(jobs[0], size=common[0], steps=common[1]))
+            print(f"\nbatching ceiling (engine alone, 4 one-image jobs at {common[0]} px, {common[1]} steps): "
+                  f"{ceiling[0]:.2f} s one by one, {ceiling[1]:.2f} s as one batch = {ceiling[0] / ceiling[1]:.2f}x")
         print(f"\n(warm-up {time.perf_counter() - started:.0f} s) running raw 1st half, easel 1st half, easel 2nd "
               f"half, raw 2nd half ...", flush=True)
         raw_parts, easel_parts = [], []
@@ -382,28 +416,30 @@ async def run(args, members: tuple[int, int, int], sizes, steps) -> bool:
             else:
                 easel_parts.append(await run_easel(models, engine, part, name=f"easel-{len(easel_parts)}"))
             print(f"  {label}: {len(part)} jobs in {time.perf_counter() - began:.1f} s", flush=True)
-    return report(jobs, merge(raw_parts), merge(easel_parts), members)
+    return report(jobs, merge(raw_parts), merge(easel_parts), members, ceiling)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=None, help="arrival window in seconds (default 20)")
-    parser.add_argument("--rate", type=float, default=None, help="arrivals, jobs/s (default 0.6: keeps the queue busy)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="arrivals, jobs/s (default 1.2, about twice what easel serves on 2 CPUs: the queue stays busy)")
     parser.add_argument("--sizes", default="256,384", help="image sizes, square (default 256,384)")
     parser.add_argument("--size-weights", default="4,1", help="their weights (default 4,1)")
     parser.add_argument("--steps", default="20,30", help="step counts (default 20,30)")
     parser.add_argument("--step-weights", default="4,1", help="their weights (default 4,1)")
     parser.add_argument("--members", default="40,7,3", help="light,regular,heavy members (default 40,7,3)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, both sides (default: torch's)")
-    parser.add_argument("--seed", type=int, default=2024, help="workload seed (default 2024)")
-    parser.add_argument("--quick", action="store_true", help="a ~30 s version: a 6 s window, 256 px only")
+    parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a ~30 s version: a 4 s window, 256 px only, no batching-ceiling measurement")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds = args.seconds or 6.0
+        args.seconds = args.seconds or 4.0
         if args.sizes == "256,384" and args.size_weights == "4,1":
             args.sizes, args.size_weights = "256", "1"
     args.seconds = args.seconds or 20.0
-    args.rate = args.rate or 0.6
+    args.rate = args.rate or 1.2
     try:
         sizes = parse_weighted(args.sizes, args.size_weights, "sizes")
         steps = parse_weighted(args.steps, args.step_weights, "steps")

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     changed: list[int] = []
     previous = scheduler.positions()
     gc.collect()
-    for _ in range(args.picks):
+    for pick in range(args.picks):
         elapsed, batch = timed_ms(lambda: scheduler.next_batch(loaded_checkpoint="tiny"))
         times["next_batch"].append(elapsed)
         picked_images.append(sum(job.images for job in batch))
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         times["publish diff"].append(elapsed)
         changed.append(count)
         previous = positions
-        for k in firsts:
+        for k in (firsts if pick % 2 else firsts[::-1]):  # alternating: each K is first (caches cold) as often
             # The scheduler's order is a lazy generator (private, _service_order): the first K places only.
             elapsed, head = timed_ms(lambda: {job.job_id: place for place, job in
                                               zip(range(1, k + 1), scheduler._service_order())})

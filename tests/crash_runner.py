@@ -27,7 +27,7 @@ class EngineThatHangsInSecondBatch(Engine):
 
     batches_started = 0
 
-    def run_batch(self, items, *, on_progress=None):
+    def run_batch(self, items, *, on_progress=None, preview_every=None):
         self.batches_started += 1
         hang = self.batches_started == 2
 

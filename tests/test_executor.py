@@ -18,7 +18,7 @@ class SmallGpuEngine(Engine):
         self.fits = fits
         self.calls: list[int] = []
 
-    def run_batch(self, items, *, on_progress=None):
+    def run_batch(self, items, *, on_progress=None, preview_every=None):
         self.calls.append(len(items))
         if len(items) > self.fits:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
