@@ -33,6 +33,9 @@ from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy
 log = logging.getLogger(__name__)
 
 
+POSITION_PUBLISH_S = 0.25  # queue positions are announced at most this often
+
+
 class QueueLimitReached(EaselError):
     pass
 
@@ -168,7 +171,8 @@ class GenerationService:
         self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
         self._saving: set[int] = set()  # the jobs of those tasks
         self._announced_terminal: set[int] = set()
-        self._positions: dict[int, int] = {}
+        self._positions: dict[int, int] = {}  # as last announced
+        self._publish_pending = False
         self.image_dir = config.data_dir / "images"
 
     # ------------------------------------------------------------------ lifecycle
@@ -245,7 +249,9 @@ class GenerationService:
         """1-based place in the queue, 0 while running, None when not queued here."""
         if job_id in self._running or job_id in self._picked:
             return 0
-        return self._positions.get(job_id)
+        if job_id in self._scheduler:  # exact now, even between two publications
+            return self._scheduler.position(job_id)
+        return None
 
     def queued_jobs(self) -> list[QueuedJob]:
         return self._scheduler.jobs()
@@ -324,6 +330,15 @@ class GenerationService:
                 subscription.queue.put_nowait(event)
 
     def _publish_positions(self) -> None:
+        """Announce the places that changed, at most once per POSITION_PUBLISH_S: a burst of
+        submits and picks costs one walk of the queue, not one per event."""
+        if self._publish_pending:
+            return
+        self._publish_pending = True
+        asyncio.get_running_loop().call_later(POSITION_PUBLISH_S, self._publish_now)
+
+    def _publish_now(self) -> None:
+        self._publish_pending = False
         positions = self._scheduler.positions()
         for job_id, position in positions.items():
             if self._positions.get(job_id) != position:
