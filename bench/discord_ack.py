@@ -121,7 +121,20 @@ async def burst(rate: int, seconds: float, members: int) -> tuple[list[float], i
                         continue
                     acknowledged += 1
                     latencies.append((interaction.acknowledged_at - interaction.created_at) * 1000)
-                await asyncio.sleep(2)  # the last checks and inserts
+                # Every command's outcome: queued, or refused (to the member alone)
+                deadline = loop.time() + 180
+                while loop.time() < deadline:
+                    settled = [i for i in done if any("⚠️" in m.content for m in i.followups)
+                               or (i.original is not None and "Queued" in i.original.content)]
+                    if len(settled) == len(done):
+                        break
+                    await asyncio.sleep(0.5)
+                refusals: dict[str, int] = {}
+                for interaction in done:
+                    for message in interaction.followups:
+                        if "⚠️" in message.content:
+                            refusals[message.content[:80]] = refusals.get(message.content[:80], 0) + 1
+                print(f"settled after {loop.time() - begin:.0f} s; refusals: {refusals or 'none'}")
                 queued = len(service.queued_jobs())
                 for job in await env.app.store.jobs.list_queued():
                     await env.app.store.jobs.cancel(job.id)
