@@ -253,6 +253,17 @@ def sd_clip_tokenizer(*, pad_token: str = CLIP_EOS) -> CLIPTokenizer:
 # Detection
 
 
+def load_weights_only(path: Path) -> Any:
+    """A pickle file (.ckpt, .pt, .pth) from the operator's folder, through torch's weights_only
+    unpickler (plain tensors and containers only), memory-mapped when the file allows it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # mmap needs the zip format (torch >= 1.6 files)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
     """The header length and the parsed JSON header of a .safetensors file (no tensor data is read)."""
     path = Path(path)
@@ -382,12 +393,7 @@ def detect_architecture(path: Path) -> str:
     path = Path(path)
     if path.suffix.lower() != ".ckpt":
         return detect_architecture_from_shapes(read_safetensors_shapes(path))
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # mmap needs the zip format (torch >= 1.6 files)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path.name} does not hold a state dict")
     return detect_architecture_from_shapes({key: tuple(t.shape) for key, t in _tensor_state_dict(state).items()})

@@ -36,6 +36,7 @@ from types import MappingProxyType
 
 import torch
 
+from .architectures import load_weights_only
 from .errors import EaselError
 
 __all__ = [
@@ -353,10 +354,7 @@ def _load_state_dict(path: Path, allow_pickle: bool) -> tuple[dict[str, object],
             raise LoraError(f'LoRA "{path.stem}" is a pickle ({suffix}); only .safetensors LoRAs are '
                             "allowed here")
         try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # mmap needs the zip format (torch >= 1.6 files)
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_weights_only(path)
         except FileNotFoundError:
             raise LoraError(f'LoRA "{path.stem}" is missing ({path.name})') from None
         except Exception as exc:  # the restricted unpickler refuses anything but plain tensors

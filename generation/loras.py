@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .architectures import read_safetensors_header
+from .architectures import load_weights_only, read_safetensors_header
 from .errors import ModelLoadError, ModelNotFound
 from .hashing import HashCache, sha256_file
 
@@ -117,10 +117,7 @@ def read_lora_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         return _header_shapes(path, read_safetensors_header(path)[1])
     import torch
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # mmap needs the zip format (torch >= 1.6 files)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):

@@ -43,7 +43,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import Canceled
+from .architectures import load_weights_only, read_safetensors_header
+from .errors import Canceled, ModelLoadError, ModelNotFound
 from .hires import LATENT_MODES
 from .upscaler_archs import (
     ArchSpec,
@@ -76,7 +77,6 @@ _RESERVED_NAMES = {"none", "lanczos", "nearest"} | {name.lower() for name in LAT
 BUILTIN_ARCHITECTURE = "builtin"
 
 MAX_UPSCALER_BYTES = 512 * 1024 * 1024  # ESRGAN 4x is ~67 MB; the biggest spandrel archs ~200 MB
-_MAX_HEADER_BYTES = 16 * 1024 * 1024
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _PICKLE_SUFFIXES = (".pth", ".pt")
 _SUFFIXES = (".safetensors",) + _PICKLE_SUFFIXES
@@ -106,22 +106,14 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
         if size > MAX_UPSCALER_BYTES:
             raise UpscalerError(f"{path.name} is {size // (1024 * 1024)} MiB, over the "
                                 f"{MAX_UPSCALER_BYTES // (1024 * 1024)} MiB limit for upscalers")
-        with path.open("rb") as file:
-            prefix = file.read(8)
-            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
-            if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
-                raise UpscalerError(f"{path.name} is not a valid .safetensors file (bad header)")
-            raw = file.read(length)
     except FileNotFoundError:
         raise UpscalerError(f"{path.name} does not exist") from None
     except OSError as exc:
         raise UpscalerError(f"cannot read {path.name}: {exc.strerror or exc}") from None
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        header = None
-    if not isinstance(header, dict):
-        raise UpscalerError(f"{path.name} is not a valid .safetensors file (unreadable header)")
+        length, header = read_safetensors_header(path)
+    except (ModelLoadError, ModelNotFound) as exc:
+        raise UpscalerError(str(exc)) from None
     data_size = size - 8 - length
     shapes: dict[str, tuple[int, ...]] = {}
     try:
@@ -146,10 +138,7 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
 
 def _load_pickle(path: Path) -> dict[str, Any]:
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # mmap needs the zip format (torch >= 1.6 files)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except FileNotFoundError:
         raise UpscalerError(f"{path.name} does not exist") from None
     except Exception as exc:  # the restricted unpickler refuses anything but plain tensors
