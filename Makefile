@@ -31,10 +31,14 @@ bench: $(STAMP)
 	$(PY) bench/queue.py
 	$(PY) bench/prompt_encoding.py
 	$(PY) bench/discord_ack.py
+	$(PY) bench/discord_ack.py --burst
 	$(PY) bench/lora.py
+	$(PY) bench/hires.py
 	$(PY) bench/workers.py
 	$(PY) bench/community.py
 	$(PY) bench/scheduler_scale.py
+	$(PY) bench/cli_startup.py
+	$(PY) bench/gpu.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache
