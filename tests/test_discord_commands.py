@@ -275,10 +275,12 @@ async def test_queue_and_cancel_own_and_others_jobs(own_models, tmp_path):
         assert "job #3 has already finished" in over.content
 
         async with held_queue(env.app.service):  # a job has finished, so the wait can be estimated now
-            for prompt in ("held cat", "waiting cat"):
+            for job_id, prompt in ((4, "held cat"), (5, "waiting cat")):
                 waiting = await env.fake.invoke_command("imagine", {"prompt": prompt, "steps": 2}, user=env.alice,
                                                         guild=env.guild, channel=env.channel)
                 await waiting.wait_until_acknowledged()
+                # checked after the acknowledgement: wait for the row, so the job ids follow the commands
+                await bot_sees(lambda job_id=job_id: env.app.service.position(job_id) is not None)
             await bot_sees(lambda: env.app.service.position(5) == 1)
             shown = await ask(env, "queue", user=env.alice)
             assert "**#5** · ⏳ position 1, starts in under a minute" in description(shown)
