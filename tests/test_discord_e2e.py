@@ -200,8 +200,9 @@ async def test_a_result_finished_while_the_bot_was_away_is_delivered_once_on_sta
             interaction = await fake.invoke_command("imagine", {"prompt": "a lonely cat", "steps": 2},
                                                     user=env.alice, guild=env.guild, channel=env.channel)
             await interaction.wait_until_acknowledged()
-            for _ in range(1000):  # the job row appears right after the defer
-                if await env.app.store.jobs.get(1):
+            for _ in range(3000):  # checked and queued after the defer, then generated
+                job = await env.app.store.jobs.get(1)
+                if job is not None and job.status == "done":
                     break
                 await asyncio.sleep(0.02)
             await env.app.service.wait_idle()
