@@ -399,3 +399,30 @@ async def test_an_inpaint_mask_may_come_from_the_images_transparency(make_env):
     with pytest.raises(ImageError, match="inpainting needs a mask"):
         await env.submit(mode="inpaint", init_image=FakeUpload(png(colour=(5, 5, 5))))
     assert len(list(env.config.uploads_dir.rglob("*.png"))) == 2  # the refused image was not kept
+
+
+async def test_hostile_hires_and_upscale_inputs_are_refused_cheaply(make_env):
+    """10x the longest hires prompt, an absurd factor or upscaler name, a huge declared upload:
+    each refused by the one submission path in milliseconds, nothing queued or downloaded."""
+    import time
+
+    from generation.errors import EaselError
+
+    env = await make_env()
+    limit = env.config.limits.max_prompt_chars
+    cases = [dict(enable_hr=True, hr_prompt="(a]" * (limit * 10 // 3)),
+             dict(enable_hr=True, hr_negative_prompt="x " * (limit * 5)),
+             dict(enable_hr=True, hr_scale=40.0),
+             dict(enable_hr=True, hr_upscaler="U" * (limit * 10)),
+             dict(mode="upscale", prompt="", init_image=FakeUpload(b"never read", width=20000, height=20000),
+                  upscale_by=4.0),
+             dict(mode="upscale", prompt="", init_image=FakeUpload(png(), width=64, height=64), upscale_by=40.0),
+             dict(mode="upscale", prompt="", init_image=FakeUpload(png(), width=64, height=64),
+                  upscaler="../" * 1000)]
+    for options in cases:
+        options.setdefault("prompt", "a red cat")
+        started = time.perf_counter()
+        with pytest.raises(EaselError):
+            await env.submissions.submit(Ask(**options), env.member())
+        assert time.perf_counter() - started < 1.0, options.keys()
+    assert await env.store.jobs.list_for_owner(1) == []
