@@ -14,6 +14,8 @@ from typing import Any
 
 from discord.utils import escape_markdown, escape_mentions
 
+from generation.places import EXACT_PLACES, PLACE_BANDS, place_band
+
 MAX_CONTENT = 2000
 MAX_EMBED_DESCRIPTION = 4096
 MAX_FIELD_VALUE = 1024
@@ -158,18 +160,16 @@ GUILD_LIMIT_LABELS: dict[str, str] = {"max_steps": "Max steps", "max_width": "Ma
                                       "max_queued": "Max queued in the server"}
 
 
-EXACT_POSITIONS = 10  # the first places in the queue are shown exactly; further back, in steps
-POSITION_STEPS = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-
-
 def queue_position_text(position: int) -> str:
-    """A waiting job's place as its message shows it. Past the first places only the step it is
-    within ("within the first 50"), so a long queue moving up one place per pick edits a message
+    """A waiting job's place as its message shows it: exact near the front, further back only the band
+    it is within ("within the first 50"), so a long queue moving up one place per pick edits a message
     a handful of times, not once per pick (Discord rate-limits edits)."""
-    if position <= EXACT_POSITIONS:
+    if position <= EXACT_PLACES:
         return f"⏳ Queued — position {position}"
-    step = next((step for step in POSITION_STEPS if position <= step), None)
-    return f"⏳ Queued — within the first {step:,}" if step else f"⏳ Queued — {POSITION_STEPS[-1]:,}+ waiting ahead"
+    band = place_band(position)
+    if band <= PLACE_BANDS[-1]:
+        return f"⏳ Queued — within the first {band:,}"
+    return f"⏳ Queued — {PLACE_BANDS[-1]:,}+ waiting ahead"
 
 
 def worker_line(view) -> str:

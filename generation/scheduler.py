@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import abc
 import heapq
+import itertools
 from bisect import insort
-from collections import deque
 from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -115,16 +115,22 @@ class _SchedulerBase(abc.ABC):
         return self._policy
 
     @abc.abstractmethod
-    def _service_order(self) -> Iterator[QueuedJob]:
-        """Every queued job in the order it would be served if nothing changed; mutates nothing."""
+    def _service_order(self, *, snapshot: bool = False) -> Iterator[QueuedJob]:
+        """Every queued job in the order it would be served if nothing changed; mutates nothing. Without
+        `snapshot` it must be consumed before the scheduler changes."""
+
+    def service_order(self) -> Iterator[QueuedJob]:
+        """Queued jobs in estimated service order, lazily, as they are now: it may be consumed a slice at a
+        time while jobs come and go (it costs a copy of the queues)."""
+        return self._service_order(snapshot=True)
 
     def jobs(self) -> list[QueuedJob]:
         """Queued jobs in estimated service order."""
         return list(self._service_order())
 
-    def positions(self) -> dict[int, int]:
-        """job_id -> 1-based estimated place in service order."""
-        return {job.job_id: place for place, job in enumerate(self._service_order(), start=1)}
+    def positions(self, limit: int | None = None) -> dict[int, int]:
+        """job_id -> 1-based estimated place in service order, for every job or the first `limit`."""
+        return {job.job_id: place for place, job in zip(range(1, (len(self) if limit is None else limit) + 1), self._service_order())}
 
     def position(self, job_id: int) -> int:
         """1-based estimated place of one queued job; KeyError if it is not queued."""
@@ -164,52 +170,64 @@ def _loaded_set(loaded: "str | Collection[str] | None") -> frozenset[str]:
 
 # Heap entries sort in fair order: (owner's clock, head's seq, head's job_id, owner_id).
 _Entry = tuple[int, int, int, int]
+_BatchHeaps = dict[tuple[Hashable, int], list[_Entry]]  # (batch_key, images) -> heads that could join a batch
 
 
 class _FairWalk:
-    """Takes jobs in fair order from a snapshot of the queues, changing only its own cursors and clocks.
+    """Takes jobs in fair order from the queues, moving only its own cursors and clocks.
 
-    A job's entry is pushed once, when it becomes its owner's head, and the owner's clock only moves when
-    that job is taken; so an entry is current exactly while its job is still the head, and entries of taken
-    jobs are dropped when they reach the top. Each taken job costs O(log members + max_batch).
+    It changes the heaps it is given when it `owns_heaps` (a pick, or a walk given copies), else it copies
+    each on its first change (an estimate), so no walk starts by visiting every member. An entry is pushed when its job becomes its
+    owner's head, with the owner's clock then, and that clock moves only when the head is taken: an entry is
+    current exactly while its job is the head at that clock; others are dropped when they reach a top.
+    Each taken job costs O(log members + max_batch).
     """
 
-    def __init__(
-        self,
-        queues: Mapping[int, Sequence[QueuedJob]],
-        clocks: Mapping[int, int],
-        virtual_time: int,
-        max_batch: int,
-    ) -> None:
+    def __init__(self, queues: Mapping[int, Sequence[QueuedJob]], clocks: Mapping[int, int], virtual_time: int,
+                 max_batch: int, fair_heap: list[_Entry], batch_heaps: _BatchHeaps, *, owns_heaps: bool) -> None:
         self._queues = queues
-        self._cursors = dict.fromkeys(queues, 0)
-        self.clocks = {owner: clocks[owner] for owner in queues}
+        self._cursors: dict[int, int] = {}  # owners not in it are at their first job
+        self._base_clocks = clocks
+        self.clocks: dict[int, int] = {}  # the clocks this walk moved
         self.virtual_time = virtual_time
         self._max_batch = max_batch
-        self._fair_heap: list[_Entry] = []
-        # (batch_key, images) -> heads that could join a batch: lets a batch find the fair-first head
-        # that still fits without scanning every head.
-        self._batch_heaps: dict[tuple[Hashable, int], list[_Entry]] = {}
-        for owner in queues:
-            self._push_head(owner)
+        self._fair_heap = fair_heap if owns_heaps else list(fair_heap)
+        self._batch_heaps = batch_heaps if owns_heaps else dict(batch_heaps)
+        self._copied: set[tuple[Hashable, int]] | None = None if owns_heaps else set()
+
+    def clock(self, owner_id: int) -> int:
+        return self.clocks.get(owner_id, self._base_clocks.get(owner_id, 0))
 
     def _head(self, owner_id: int) -> QueuedJob | None:
-        queue, cursor = self._queues[owner_id], self._cursors[owner_id]
+        queue, cursor = self._queues.get(owner_id, ()), self._cursors.get(owner_id, 0)
         return queue[cursor] if cursor < len(queue) else None
 
-    def _push_head(self, owner_id: int) -> None:
+    def _batch_heap(self, key: tuple[Hashable, int], *, create: bool) -> list[_Entry] | None:
+        heap = self._batch_heaps.get(key)
+        if self._copied is not None and key not in self._copied and (heap is not None or create):
+            heap = self._batch_heaps[key] = list(heap or ())
+            self._copied.add(key)
+        elif heap is None and create:
+            heap = self._batch_heaps[key] = []
+        return heap
+
+    def push_head(self, owner_id: int) -> None:
         job = self._head(owner_id)
         if job is None:
             return
-        entry = (self.clocks[owner_id], job.seq, job.job_id, owner_id)
+        entry = (self.clock(owner_id), job.seq, job.job_id, owner_id)
         heapq.heappush(self._fair_heap, entry)
         if job.images < self._max_batch:  # only these can ever join another job's batch
-            heapq.heappush(self._batch_heaps.setdefault((job.batch_key, job.images), []), entry)
+            heapq.heappush(self._batch_heap((job.batch_key, job.images), create=True), entry)
 
     def _top(self, heap: list[_Entry]) -> _Entry | None:
+        """The first current entry, dropping stale ones above it (inlined: the walk's innermost loop)."""
+        queues, cursors, clocks, base_clocks = self._queues, self._cursors, self.clocks, self._base_clocks
         while heap:
-            head = self._head(heap[0][3])
-            if head is not None and head.job_id == heap[0][2]:
+            clock, _, job_id, owner = heap[0]
+            queue, cursor = queues.get(owner, ()), cursors.get(owner, 0)
+            if (cursor < len(queue) and queue[cursor].job_id == job_id
+                    and clocks.get(owner, base_clocks.get(owner, 0)) == clock):
                 return heap[0]
             heapq.heappop(heap)
         return None
@@ -218,15 +236,17 @@ class _FairWalk:
         """The first `limit` head jobs in fair order."""
         entries: list[_Entry] = []
         while len(entries) < limit and self._top(self._fair_heap) is not None:
-            entries.append(heapq.heappop(self._fair_heap))
+            entry = heapq.heappop(self._fair_heap)
+            if not entries or entries[-1] != entry:  # the same head pushed twice at one clock: keep one
+                entries.append(entry)
         for entry in entries:
             heapq.heappush(self._fair_heap, entry)
-        return [self._queues[owner][self._cursors[owner]] for *_, owner in entries]
+        return [self._head(owner) for *_, owner in entries]
 
     def take_next(self) -> list[QueuedJob]:
         """The next batch in fair order (no affinity); empty when nothing is left."""
-        heads = self.fair_heads(1)
-        return self.take_batch(heads[0]) if heads else []
+        top = self._top(self._fair_heap)
+        return self.take_batch(self._head(top[3])) if top is not None else []
 
     def take_batch(self, first: QueuedJob) -> list[QueuedJob]:
         """Take `first` (a current head) and the other members' heads that batch with it."""
@@ -237,25 +257,25 @@ class _FairWalk:
         self._advance(first)
         room = self._max_batch - first.images
         while room > 0 and (entry := self._pop_joiner(first.batch_key, room)) is not None:
-            job = self._queues[entry[3]][self._cursors[entry[3]]]
+            job = self._head(entry[3])
             batch.append(job)
             self._advance(job)
             room -= job.images
         # Pushed only now so that a member's next job cannot join the batch its previous job is in.
         for job in batch:
-            self._push_head(job.owner_id)
+            self.push_head(job.owner_id)
         return batch
 
     def _advance(self, job: QueuedJob) -> None:
-        self._cursors[job.owner_id] += 1
-        self.clocks[job.owner_id] += job.cost
+        self._cursors[job.owner_id] = self._cursors.get(job.owner_id, 0) + 1
+        self.clocks[job.owner_id] = self.clock(job.owner_id) + job.cost
 
     def _pop_joiner(self, batch_key: Hashable, room: int) -> _Entry | None:
         best: list[_Entry] | None = None
         for images in range(1, room + 1):
-            heap = self._batch_heaps.get((batch_key, images))
-            if heap is None:
+            if (batch_key, images) not in self._batch_heaps:
                 continue
+            heap = self._batch_heap((batch_key, images), create=False)
             top = self._top(heap)
             if top is not None and (best is None or top < best[0]):
                 best = heap
@@ -263,16 +283,25 @@ class _FairWalk:
 
 
 class FairScheduler(_SchedulerBase):
-    """Per-member FIFO queues served in start-time fair order (see the module docstring)."""
+    """Per-member FIFO queues served in start-time fair order (see the module docstring).
+
+    The fair heap of member heads lives between calls (stale entries dropped lazily, all rebuilt after as
+    many changes as there are members), so a pick is O(log members + max_batch) and the first K places
+    O(K log members), at any queue length."""
 
     def __init__(self, policy: SchedulerPolicy = SchedulerPolicy()) -> None:
         super().__init__(policy)
-        self._queues: dict[int, deque[QueuedJob]] = {}  # only members with queued jobs
-        # Active members, plus idle ones whose clock is still ahead of the virtual time (the rest would
-        # restart at the virtual time anyway, so forgetting them keeps this bounded).
+        # Only members with queued jobs. Tuples, replaced on change (a member's queue is short): a
+        # snapshot of every queue is then a copy of this dict.
+        self._queues: dict[int, tuple[QueuedJob, ...]] = {}
+        # Active members, plus idle ones whose clock may still be ahead of the virtual time (the rest would
+        # restart at the virtual time anyway; they are forgotten when the heaps are rebuilt).
         self._clocks: dict[int, int] = {}
         self._virtual_time = 0
         self._skips: dict[int, int] = {}  # job_id -> times passed over for affinity
+        self._fair_heap: list[_Entry] = []
+        self._batch_heaps: _BatchHeaps = {}
+        self._changes = 0  # since the heaps were last rebuilt
 
     @classmethod
     def rebuild(cls, policy: SchedulerPolicy, jobs: Iterable[QueuedJob]) -> Self:
@@ -282,19 +311,24 @@ class FairScheduler(_SchedulerBase):
             scheduler.add(job)
         return scheduler
 
+    def _walk(self, *, estimate: bool = False) -> _FairWalk:
+        """A walk over the live queues: a pick updates the heaps, an estimate copies what it changes."""
+        return _FairWalk(self._queues, self._clocks, self._virtual_time, self._policy.max_batch,
+                         self._fair_heap, self._batch_heaps, owns_heaps=not estimate)
+
     def add(self, job: QueuedJob) -> None:
         self._check_new(job)
         queue = self._queues.get(job.owner_id)
         if queue is None:
-            queue = self._queues[job.owner_id] = deque()
+            queue = ()
             self._clocks[job.owner_id] = max(self._clocks.get(job.owner_id, 0), self._virtual_time)
-        if queue and job.seq < queue[-1].seq:
-            # Added out of submit order: still keep the member's queue in submit order.
-            index = next(i for i, queued in enumerate(queue) if queued.seq > job.seq)
-            queue.insert(index, job)
-        else:
-            queue.append(job)
+        # Added out of submit order (a lost job queued again): still kept in submit order.
+        index = next((i for i, queued in enumerate(queue) if queued.seq > job.seq), len(queue))
+        queue = self._queues[job.owner_id] = (*queue[:index], job, *queue[index:])
         self._jobs[job.job_id] = job
+        if queue[0] is job:
+            self._walk().push_head(job.owner_id)
+        self._changed()
 
     def remove(self, job_id: int) -> QueuedJob | None:
         """Drop a queued job (canceled); returns it, or None if it was not queued."""
@@ -302,10 +336,14 @@ class FairScheduler(_SchedulerBase):
         if job is None:
             return None
         queue = self._queues[job.owner_id]
-        del queue[next(i for i, queued in enumerate(queue) if queued.job_id == job_id)]
+        index = next(i for i, queued in enumerate(queue) if queued.job_id == job_id)
+        queue = self._queues[job.owner_id] = queue[:index] + queue[index + 1:]
         if not queue:
             del self._queues[job.owner_id]
+        elif index == 0:
+            self._walk().push_head(job.owner_id)
         self._skips.pop(job_id, None)
+        self._changed()
         return job
 
     def next_batch(self, *, loaded_checkpoint: "str | Collection[str] | None") -> list[QueuedJob]:
@@ -314,25 +352,33 @@ class FairScheduler(_SchedulerBase):
         if not self._queues:
             return []
         loaded = _loaded_set(loaded_checkpoint)
-        walk = _FairWalk(self._queues, self._clocks, self._virtual_time, self._policy.max_batch)
+        walk = self._walk()
         lookahead = self._policy.affinity_lookahead if loaded else 0
         first = self._choose(walk.fair_heads(1 + lookahead), loaded)
-        batch = walk.take_batch(first)
+        batch = walk.take_batch(first)  # pushes the members' next heads at their new clocks
         for job in batch:
-            queue = self._queues[job.owner_id]
-            queue.popleft()
+            queue = self._queues[job.owner_id] = self._queues[job.owner_id][1:]
             if not queue:
                 del self._queues[job.owner_id]
             del self._jobs[job.job_id]
             self._skips.pop(job.job_id, None)
             self._clocks[job.owner_id] = walk.clocks[job.owner_id]
         self._virtual_time = walk.virtual_time
-        self._clocks = {
-            owner: clock
-            for owner, clock in self._clocks.items()
-            if owner in self._queues or clock > self._virtual_time
-        }
+        self._changed()
         return batch
+
+    def _changed(self) -> None:
+        """Rebuild the heaps from the heads once the stale entries may outnumber them: O(1) amortized."""
+        self._changes += 1
+        if self._changes <= max(64, len(self._queues)):
+            return
+        self._changes = 0
+        self._clocks = {owner: clock for owner, clock in self._clocks.items()
+                        if owner in self._queues or clock > self._virtual_time}
+        self._fair_heap, self._batch_heaps = [], {}
+        walk = self._walk()
+        for owner in self._queues:
+            walk.push_head(owner)
 
     def _choose(self, candidates: list[QueuedJob], loaded: frozenset[str]) -> QueuedJob:
         """The fair choice, or the first later candidate already on a loaded checkpoint that can be
@@ -353,12 +399,16 @@ class FairScheduler(_SchedulerBase):
             clock = max(clock, self._virtual_time)
         return clock / self._policy.reference_cost
 
-    def _service_order(self) -> Iterator[QueuedJob]:
+    def _service_order(self, *, snapshot: bool = False) -> Iterator[QueuedJob]:
         # Affinity is left out: it depends on which checkpoint will be loaded, which is unknown here.
-        snapshot = {owner: tuple(queue) for owner, queue in self._queues.items()}
-        walk = _FairWalk(snapshot, self._clocks, self._virtual_time, self._policy.max_batch)
-        while batch := walk.take_next():
-            yield from batch
+        # Not a generator itself, so the snapshot is taken now, not at the first job.
+        if snapshot:  # its own queues and heaps: later changes to the scheduler can't disturb it
+            walk = _FairWalk(dict(self._queues), dict(self._clocks),
+                             self._virtual_time, self._policy.max_batch, list(self._fair_heap),
+                             {key: list(heap) for key, heap in self._batch_heaps.items()}, owns_heaps=True)
+        else:
+            walk = self._walk(estimate=True)
+        return itertools.chain.from_iterable(iter(walk.take_next, []))
 
 
 class FifoScheduler(_SchedulerBase):
@@ -416,11 +466,11 @@ class FifoScheduler(_SchedulerBase):
             seen_owners.add(job.owner_id)
         return batch
 
-    def _service_order(self) -> Iterator[QueuedJob]:
-        remaining = [self._jobs[job_id] for _, job_id in self._order]
-        if not self._batching:
-            yield from remaining
-            return
+    def _service_order(self, *, snapshot: bool = False) -> Iterator[QueuedJob]:
+        remaining = [self._jobs[job_id] for _, job_id in self._order]  # a snapshot either way
+        return iter(remaining) if not self._batching else self._batched_order(remaining)
+
+    def _batched_order(self, remaining: list[QueuedJob]) -> Iterator[QueuedJob]:
         while batch := self._batch_from(remaining):
             yield from batch
             taken = {job.job_id for job in batch}

@@ -28,6 +28,7 @@ from .executor import Device, Executor, ItemCanceled, ItemFailed, ItemFinished, 
 from .infotext import png_with_infotext
 from .previews import preview_png
 from .requests import GenerationRequest
+from .places import PlaceAnnouncer
 from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,9 @@ class GenerationService:
         self._finishing: set[asyncio.Task] = set()  # results being written while the next batch runs
         self._saving: set[int] = set()  # the jobs of those tasks
         self._announced_terminal: set[int] = set()
-        self._positions: dict[int, int] = {}  # as last announced
-        self._publish_pending = False
+        self._places = PlaceAnnouncer()
+        self._places_stale = False  # something moved since the last walk of the places began
+        self._publisher: asyncio.Task | None = None
         self.image_dir = config.data_dir / "images"
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,10 +188,13 @@ class GenerationService:
                 log.warning("failed %d jobs of %s, which has ended", len(ended), runner)
         jobs = [self._queued_job(record) for record in await self.store.jobs.list_queued(runner=self.runner)]
         self._scheduler = self._scheduler_class.rebuild(self.policy, jobs)
-        self._positions = self._scheduler.positions()
+        for _ in self._places.slices(self._scheduler.service_order()):
+            pass  # the places as they are: the messages already show them
         self._task = asyncio.create_task(self._dispatch_loop(), name="easel-dispatcher")
 
     async def stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -330,20 +335,21 @@ class GenerationService:
                 subscription.queue.put_nowait(event)
 
     def _publish_positions(self) -> None:
-        """Announce the places that changed, at most once per POSITION_PUBLISH_S: a burst of
-        submits and picks costs one walk of the queue, not one per event."""
-        if self._publish_pending:
-            return
-        self._publish_pending = True
-        asyncio.get_running_loop().call_later(POSITION_PUBLISH_S, self._publish_now)
+        """Announce the places that changed band (see generation.places), at most once per
+        POSITION_PUBLISH_S: a burst of submits and picks costs one walk of the queue, not one each."""
+        self._places_stale = True
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_places(), name="easel-places")
 
-    def _publish_now(self) -> None:
-        self._publish_pending = False
-        positions = self._scheduler.positions()
-        for job_id, position in positions.items():
-            if self._positions.get(job_id) != position:
-                self._announce(JobQueued(job_id, position))
-        self._positions = positions
+    async def _publish_places(self) -> None:
+        while self._places_stale:
+            await asyncio.sleep(POSITION_PUBLISH_S)
+            self._places_stale = False
+            for changes in self._places.slices(self._scheduler.service_order()):
+                for job_id, place in changes:
+                    if job_id in self._scheduler:  # not picked nor canceled since the walk began
+                        self._announce(JobQueued(job_id, place))
+                await asyncio.sleep(0)  # a long queue is walked a slice at a time
 
     def wake(self) -> None:
         """Look at the queue again (a job came, or a device joined or became free)."""

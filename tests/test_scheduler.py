@@ -501,3 +501,141 @@ def test_affinity_with_several_idle_devices_matches_any_of_them(make):
         scheduler.add(job)
     assert scheduler.next_batch(loaded_checkpoint={"y", "z", None}) == [jobs[1]]
     assert scheduler.next_batch(loaded_checkpoint=[None]) == [jobs[0]]  # nothing loaded anywhere: fair order
+
+
+# --- the live heaps against a from-scratch reference ---------------------------------------------
+
+
+class ReferenceFair:
+    """The module docstring's rules done the slow, obvious way: every pick sorts every member's head."""
+
+    def __init__(self, policy: SchedulerPolicy) -> None:
+        self.policy = policy
+        self.queues: dict[int, list[QueuedJob]] = {}
+        self.clocks: dict[int, int] = {}
+        self.virtual_time = 0
+        self.skips: dict[int, int] = {}
+
+    def add(self, job: QueuedJob) -> None:
+        if job.owner_id not in self.queues:
+            self.queues[job.owner_id] = []
+            self.clocks[job.owner_id] = max(self.clocks.get(job.owner_id, 0), self.virtual_time)
+        self.queues[job.owner_id].append(job)
+        self.queues[job.owner_id].sort(key=lambda queued: queued.seq)
+
+    def remove(self, job_id: int) -> None:
+        for owner, queue in list(self.queues.items()):
+            queue[:] = [job for job in queue if job.job_id != job_id]
+            if not queue:
+                del self.queues[owner]
+        self.skips.pop(job_id, None)
+
+    def heads(self) -> list[QueuedJob]:
+        return sorted((queue[0] for queue in self.queues.values()),
+                      key=lambda job: (self.clocks[job.owner_id], job.seq, job.job_id))
+
+    def next_batch(self, loaded: set[str]) -> list[QueuedJob]:
+        if not self.queues:
+            return []
+        heads = self.heads()
+        self.virtual_time = max(self.virtual_time, self.clocks[heads[0].owner_id])
+        candidates = heads[:1 + (self.policy.affinity_lookahead if loaded else 0)]
+        first = candidates[0]
+        for index, job in enumerate(candidates):
+            if job.checkpoint in loaded:
+                for passed in candidates[:index]:
+                    self.skips[passed.job_id] = self.skips.get(passed.job_id, 0) + 1
+                first = job
+                break
+            if self.skips.get(job.job_id, 0) >= self.policy.max_skips:
+                break
+        batch, room = [first], self.policy.max_batch - first.images
+        for job in heads:  # fair order; each member's own clock is unchanged until the batch is taken
+            if job is not first and job.batch_key == first.batch_key and job.images <= room:
+                batch.append(job)
+                room -= job.images
+        for job in batch:
+            self.clocks[job.owner_id] += job.cost
+            self.remove(job.job_id)
+        return batch
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_live_heaps_pick_exactly_what_the_reference_picks(seed):
+    """Adds, cancels, picks with affinity and lost jobs queued again under their old ids, long enough
+    for the heaps to be rebuilt several times: every pick and every estimate equals the reference's."""
+    rng = random.Random(seed)
+    make = JobFactory()
+    policy = random_policy(rng)
+    scheduler, reference = FairScheduler(policy), ReferenceFair(policy)
+    served: list[QueuedJob] = []
+    for _ in range(600):
+        action = rng.random()
+        if action < 0.45:
+            job = random_workload(rng, make, 1, rng.randint(1, 12))[0]
+        elif action < 0.5 and served:
+            job = served.pop(rng.randrange(len(served)))  # its device went away: the same row again
+        else:
+            job = None
+        if job is not None:
+            scheduler.add(job)
+            reference.add(job)
+        elif action < 0.6 and len(scheduler):
+            victim = rng.choice(scheduler.jobs()).job_id
+            scheduler.remove(victim)
+            reference.remove(victim)
+        else:
+            loaded = rng.choice([set(), {"a"}, {"b", "c"}])
+            batch = scheduler.next_batch(loaded_checkpoint=loaded)
+            assert batch == reference.next_batch(loaded)
+            served.extend(batch)
+        if rng.random() < 0.1:
+            limit = rng.randint(0, 6)
+            copy = ReferenceFair(policy)
+            copy.queues = {owner: list(queue) for owner, queue in reference.queues.items()}
+            copy.clocks, copy.virtual_time = dict(reference.clocks), reference.virtual_time
+            expected = [job for _ in range(len(scheduler)) for job in copy.next_batch(set())]
+            assert scheduler.jobs() == expected
+            assert scheduler.positions(limit) == {job.job_id: place for place, job in
+                                                  enumerate(expected[:limit], start=1)}
+
+
+def test_a_snapshot_order_is_undisturbed_by_later_changes(make):
+    scheduler = FairScheduler(SchedulerPolicy(max_batch=2))
+    for owner in (1, 2, 3, 1, 2, 3, 1):
+        scheduler.add(make(owner, batch_key="k"))
+    before = scheduler.jobs()
+    order = scheduler.service_order()
+    first_two = [next(order), next(order)]
+    scheduler.next_batch(loaded_checkpoint=None)
+    scheduler.remove(before[4].job_id)
+    scheduler.add(make(4, batch_key="k"))
+    assert first_two + list(order) == before
+
+
+def test_a_pick_and_the_first_places_cost_the_same_at_any_queue_length(monkeypatch):
+    """Heap operations, a machine-independent measure: a pick and the first 10 places at 10x the
+    queue (members and jobs) cost about what they cost at 1x; all the places grow with the queue."""
+    costs = {}
+    for n in (1000, 10000):
+        rng = random.Random(n)
+        scheduler = FairScheduler(SchedulerPolicy(max_batch=4, affinity_lookahead=4))
+        for job in random_workload(rng, JobFactory(), n, n_owners=n // 5):
+            scheduler.add(job)
+        counter = CountingHeapq()
+        monkeypatch.setattr(scheduler_module, "heapq", counter)
+        picks = []
+        for _ in range(50):
+            before = counter.calls
+            scheduler.next_batch(loaded_checkpoint="a")
+            picks.append(counter.calls - before)
+        before = counter.calls
+        assert len(scheduler.positions(10)) == 10
+        first_ten = counter.calls - before
+        before = counter.calls
+        scheduler.positions()
+        costs[n] = (sorted(picks)[len(picks) // 2], first_ten, counter.calls - before)
+        monkeypatch.undo()
+    (pick_1x, first_1x, all_1x), (pick_10x, first_10x, all_10x) = costs[1000], costs[10000]
+    assert pick_10x <= 2 * pick_1x + 4 and first_10x <= 2 * first_1x + 4
+    assert all_10x >= 5 * all_1x
