@@ -165,6 +165,8 @@ async def _generate(config: Config, args, progress) -> int:
     from generation.submission import Requester, Submissions
     from generation.uploads import UploadStore
 
+    # Nothing here shows a preview, and on a CPU making them slows the sampling thread down.
+    config = dataclasses.replace(config, previews=dataclasses.replace(config.previews, enabled=False))
     async with _store_and_models(config) as (store, registry):
         checkpoint = getattr(args, "checkpoint", "")  # `easel upscale` names none
         if checkpoint and Path(checkpoint).exists():

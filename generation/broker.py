@@ -97,7 +97,7 @@ class BatchMessage:
     batch: str
     items: list[dict[str, Any]] = field(default_factory=list)  # {"key", "request", "inputs": {field: sha}}
     timeout_s: float | None = None
-    preview_every: int | None = None  # the bot's [previews] every_n_steps
+    preview_every: int | None = None  # the bot's [previews] steps_between (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

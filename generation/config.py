@@ -148,7 +148,13 @@ class DefaultsConfig:
 
 @dataclass(frozen=True)
 class PreviewsConfig:
+    enabled: bool = True  # off: no preview is made (`easel generate` shows none)
     every_n_steps: int = 4
+
+    @property
+    def steps_between(self) -> int:
+        """Steps between two previews; 0 for none."""
+        return self.every_n_steps if self.enabled else 0
 
 
 @dataclass(frozen=True)

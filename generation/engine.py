@@ -449,7 +449,7 @@ class Engine:
     def run_batch(self, items: Sequence[BatchItem], *, on_progress: ProgressCallback | None = None,
                   preview_every: int | None = None) -> dict[Hashable, list[GeneratedImage] | None]:
         """Run compatible requests as one call. A canceled item maps to None; if all are canceled, raises
-        Canceled. `preview_every`: steps between previews (default `[previews] every_n_steps`; a
+        Canceled. `preview_every`: steps between previews, 0 for none (default from `[previews]`; a
         worker takes the bot's)."""
         if not items:
             return {}
@@ -594,7 +594,7 @@ class _BatchRun:
         self.choice = resolve_sampler(self.request.sampler, self.request.schedule)
         self.seeds = [seed for item in items for seed in item.request.seeds()]
         self.owner = [index for index, item in enumerate(items) for _ in range(item.request.count)]
-        self.every = preview_every or engine.config.previews.every_n_steps
+        self.every = preview_every if preview_every is not None else engine.config.previews.steps_between
         self.guidance = None  # ComposableGuidance while a composable batch runs
         self.inpaint_jobs: list[InpaintJob] | None = None  # per item, in inpaint mode
         self.blend: _LatentBlend | None = None  # in inpaint mode
@@ -854,7 +854,7 @@ class _BatchRun:
             blended["latents"] = self.blend.after_step(pipe, step_index, tensors["latents"])
         if self.on_progress is not None:
             latents = blended.get("latents", tensors.get("latents"))
-            want_preview = latents is not None and (done % self.every == 0 and done < total)
+            want_preview = latents is not None and self.every and done % self.every == 0 and done < total
             for index, item in enumerate(self.items):
                 if item.cancel.canceled:
                     continue

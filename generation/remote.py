@@ -193,7 +193,7 @@ class RemoteExecutor:
         pending = {item.key for item in items}
         try:
             message = broker.BatchMessage(batch=batch, timeout_s=self.job_timeout_s,
-                                          preview_every=self.config.previews.every_n_steps,
+                                          preview_every=self.config.previews.steps_between,
                                           items=[await self._item(item) for item in items])
             for item in items:
                 self._running[item.key] = device.name

@@ -158,6 +158,19 @@ def test_progress_and_previews(engine):
     assert previews[0].preview.size == (8, 8)  # latent resolution of a 64 px image
 
 
+def test_previews_can_be_turned_off(engine):
+    """`[previews] enabled = false` (what `easel generate` uses): progress still counts every step."""
+    import dataclasses
+
+    from generation.engine import Engine
+
+    config = dataclasses.replace(engine.config, previews=dataclasses.replace(engine.config.previews, enabled=False))
+    events = []
+    Engine(config=config, registry=engine.registry).generate(tiny_request(steps=6), on_progress=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    assert all(e.preview is None for e in events)
+
+
 def test_batch_of_different_requests_matches_each_alone(engine):
     requests = [tiny_request(prompt="a red cat", seed=10), tiny_request(prompt="a blue dog", seed=20, count=2),
                 tiny_request(prompt="(a green:1.3) house, [sunset]", seed=30, negative_prompt="blurry")]
