@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import discord
 
+from generation.previews import preview_png
 from generation.requests import GenerationRequest
 from generation.service import (JobCanceled, JobEvent, JobFailed, JobFinished, JobProgress, JobQueued, JobStarted)
 
@@ -152,7 +153,7 @@ class Presenter:
             self._offer(job, ("🎨 Starting…", None))
         elif isinstance(event, JobProgress):
             text = f"🎨 {progress_bar(event.step, event.total)} {event.step}/{event.total}"
-            self._offer(job, (text, event.preview_png))
+            self._offer(job, (text, event.preview))
         else:
             self._positions.pop(job.id, None)
             editor = self._editors.pop(job.id, None)
@@ -177,7 +178,7 @@ class Presenter:
         text, preview = frame
         files, embed = [], None
         if preview:
-            files = [discord.File(io.BytesIO(preview), "preview.png")]
+            files = [discord.File(io.BytesIO(preview_png(preview)), "preview.png")]
             embed = discord.Embed(colour=discord.Colour.dark_grey()).set_image(url="attachment://preview.png")
         if self._token_alive(job):
             webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self.bot)

@@ -130,7 +130,8 @@ class _SchedulerBase(abc.ABC):
 
     def positions(self, limit: int | None = None) -> dict[int, int]:
         """job_id -> 1-based estimated place in service order, for every job or the first `limit`."""
-        return {job.job_id: place for place, job in zip(range(1, (len(self) if limit is None else limit) + 1), self._service_order())}
+        places = range(1, (len(self) if limit is None else limit) + 1)
+        return {job.job_id: place for place, job in zip(places, self._service_order())}
 
     def position(self, job_id: int) -> int:
         """1-based estimated place of one queued job; KeyError if it is not queued."""
@@ -177,10 +178,10 @@ class _FairWalk:
     """Takes jobs in fair order from the queues, moving only its own cursors and clocks.
 
     It changes the heaps it is given when it `owns_heaps` (a pick, or a walk given copies), else it copies
-    each on its first change (an estimate), so no walk starts by visiting every member. An entry is pushed when its job becomes its
-    owner's head, with the owner's clock then, and that clock moves only when the head is taken: an entry is
-    current exactly while its job is the head at that clock; others are dropped when they reach a top.
-    Each taken job costs O(log members + max_batch).
+    each on its first change (an estimate), so no walk starts by visiting every member. An entry is pushed
+    when its job becomes its owner's head, with the owner's clock then, and that clock moves only when the
+    head is taken: an entry is current exactly while its job is the head at that clock; others are dropped
+    when they reach a top. Each taken job costs O(log members + max_batch).
     """
 
     def __init__(self, queues: Mapping[int, Sequence[QueuedJob]], clocks: Mapping[int, int], virtual_time: int,

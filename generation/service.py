@@ -19,17 +19,19 @@ import socket
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from .config import Config
 from .engine import BatchItem, CheckedRequest, Engine
 from .errors import EaselError
 from .executor import Device, Executor, ItemCanceled, ItemFailed, ItemFinished, ItemLost, ItemProgress
 from .infotext import png_with_infotext
-from .previews import preview_png
-from .requests import GenerationRequest
 from .places import PlaceAnnouncer
+from .requests import GenerationRequest
 from .scheduler import FairScheduler, QueuedJob, SchedulerPolicy
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,9 @@ class JobProgress:
     job_id: int
     step: int
     total: int
-    preview_png: bytes | None = None
+    # At latent resolution: a frontend makes its PNG (generation.previews.preview_png) only for the
+    # frames it shows, most being skipped by its edit throttle.
+    preview: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -412,9 +416,7 @@ class GenerationService:
 
     async def _on_event(self, event) -> None:
         if isinstance(event, ItemProgress):
-            preview = event.progress.preview
-            self._announce(JobProgress(event.key, event.progress.step, event.progress.total,
-                                       preview_png(preview) if preview is not None else None))
+            self._announce(JobProgress(event.key, event.progress.step, event.progress.total, event.progress.preview))
         elif isinstance(event, ItemFinished):
             # PNG files and the commit overlap with the next batch instead of keeping the GPU idle.
             self._saving.add(event.key)

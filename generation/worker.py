@@ -171,7 +171,7 @@ class Worker:
         send("started")
 
         def progress(key, step) -> None:
-            preview = preview_png(step.preview) if step.preview is not None else b""
+            preview = preview_png(step.preview, min_side=0) if step.preview is not None else b""  # as it is: small
             send("progress", key=key, step=step.step, total=step.total, preview=preview)
 
         try:

@@ -136,7 +136,7 @@ async def test_cancel_reaches_the_worker_within_a_step_and_previews_flow(broker,
             previews = 0
             async for event in events:
                 if isinstance(event, JobProgress):
-                    previews += event.preview_png is not None
+                    previews += event.preview is not None
                     if event.step >= 3:
                         break
             assert previews >= 1
