@@ -206,9 +206,10 @@ async def test_a_model_no_live_worker_has_fails_with_a_clear_reason(broker, mode
         async with bot(models_dir, tmp_path / "bot", broker) as service:
             await wait_for_workers(service.executor, ["w1"])
             await service.start()
+            events = service.subscribe()  # first: the missing one may fail while the second is submitted
             missing = await service.submit(tiny_request(seed=1, steps=2, checkpoint="tiny.safetensors"), owner_id=1)
             present = await service.submit(tiny_request(seed=2, steps=2, checkpoint="tiny"), owner_id=2)
-            seen = await events_until_terminal(service.subscribe(), 2)
+            seen = await events_until_terminal(events, 2)
             by_job = {event.job_id: event for event in seen if isinstance(event, TERMINAL_EVENTS)}
             assert isinstance(by_job[present.id], JobFinished)
             assert isinstance(by_job[missing.id], JobFailed)
