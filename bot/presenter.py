@@ -95,7 +95,6 @@ class Presenter:
         self._subscription = None
         self._task: asyncio.Task | None = None
         self._editors: dict[int, LatestFrameEditor] = {}
-        self._positions: dict[int, str] = {}  # the queue text each waiting job's message shows
         self._jobs: dict[int, object] = {}
         self._finals: set[asyncio.Task] = set()
 
@@ -144,18 +143,14 @@ class Presenter:
         if job is None or job.frontend != "discord":
             return
         if isinstance(event, JobQueued):
-            text = queue_position_text(event.position)
-            if self._positions.get(job.id) != text:  # coalesced: one edit per step, not per place
-                self._positions[job.id] = text
-                self._offer(job, (text, None))
+            # The service announces a place only when its band changes: one edit per band, not per place.
+            self._offer(job, (queue_position_text(event.position), None))
         elif isinstance(event, JobStarted):
-            self._positions.pop(job.id, None)
             self._offer(job, ("🎨 Starting…", None))
         elif isinstance(event, JobProgress):
             text = f"🎨 {progress_bar(event.step, event.total)} {event.step}/{event.total}"
             self._offer(job, (text, event.preview))
         else:
-            self._positions.pop(job.id, None)
             editor = self._editors.pop(job.id, None)
             if editor is not None:
                 await editor.close()

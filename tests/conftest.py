@@ -8,12 +8,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the hub
 warnings.filterwarnings("ignore", message="Should have ta>=t0")
 
 from generation.config import Config, config_from_mapping  # noqa: E402
+from generation.executor import LocalExecutor  # noqa: E402
 
 EMBEDDING_WIDTH = 32  # the tiny model's text encoder
 
@@ -106,3 +108,42 @@ def gpu_workers_for_the_bot(request):
             discord_support.BROKER_URL = discord_support.WORKER_MODELS = None
             for worker in workers:
                 worker.stop()
+
+
+class CountingExecutor(LocalExecutor):
+    """The real executor, recording the size of each batch it is given."""
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.batches: list[list] = []
+
+    def run_batch(self, items, device=None):
+        self.batches.append([item.key for item in items])
+        return super().run_batch(items, device)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def make_service(tmp_path, models_dir, registry):
+    made = []
+
+    async def factory(*, start=True, engine=None, **sections):
+        from generation.engine import Engine
+        from generation.service import GenerationService
+        from storage import open_store
+
+        config = make_config(models_dir, tmp_path / "data", **sections)
+        store = await open_store(config.data_dir / "easel.db")
+        engine = engine or Engine(config=config, registry=registry)
+        executor = CountingExecutor(engine)
+        service = GenerationService(config=config, store=store, engine=engine, executor=executor)
+        made.append((service, store, executor))
+        if start:
+            await service.start()
+        return service
+
+    yield factory
+    for service, store, executor in made:
+        await service.stop()
+        executor.shutdown()
+        await store.close()
+

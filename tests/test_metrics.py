@@ -9,36 +9,13 @@ import socket
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import make_config, tiny_request
+from conftest import tiny_request
 from generation.config import ConfigError, MetricsConfig, config_from_mapping
-from generation.engine import Engine
-from generation.executor import LocalExecutor
 from generation.metrics import Metrics, WorkerView
-from generation.service import GenerationService, JobCanceled, JobFinished, JobQueued, JobStarted
+from generation.service import JobCanceled, JobFinished, JobQueued, JobStarted
 from storage import open_store
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def make_service(tmp_path, models_dir, registry):
-    made = []
-
-    async def factory():
-        config = make_config(models_dir, tmp_path / "data")
-        store = await open_store(config.data_dir / "easel.db")
-        engine = Engine(config=config, registry=registry)
-        executor = LocalExecutor(engine)
-        service = GenerationService(config=config, store=store, engine=engine, executor=executor)
-        made.append((service, store, executor))
-        return service
-
-    yield factory
-    for service, store, executor in made:
-        await service.stop()
-        executor.shutdown()
-        await store.close()
 
 
 def free_port() -> int:
@@ -74,7 +51,7 @@ async def scrape_until(port: int, ready, timeout: float = 10.0) -> str:
 
 
 async def test_a_real_service_scraped_over_http(make_service):
-    service = await make_service()
+    service = await make_service(start=False)
     metrics = Metrics(min_refresh_interval_s=0.0)
     await metrics.seed(service.store, runner=service.runner)
     follower = asyncio.create_task(metrics.follow(service))
@@ -117,7 +94,7 @@ async def test_a_real_service_scraped_over_http(make_service):
 
 
 async def test_seed_after_a_restart_reports_the_stored_queue(make_service):
-    service = await make_service()  # not started: its jobs stay queued
+    service = await make_service(start=False)  # not started: its jobs stay queued
     records = [await service.submit(tiny_request(seed=i, steps=2), owner_id=i) for i in range(3)]
     assert await service.store.jobs.start(records[0].id)  # one running (in another process, say)
 

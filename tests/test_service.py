@@ -7,51 +7,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from PIL import Image
 
-from conftest import make_config, tiny_request
+from conftest import tiny_request
 from generation.engine import Engine
-from generation.executor import LocalExecutor
 from generation.infotext import read_infotext
 from generation.pipelines import DeviceSpec, PipelineCache
-from generation.service import (GenerationService, JobCanceled, JobFinished, JobProgress, JobQueued, JobStarted,
+from generation.service import (JobCanceled, JobFinished, JobProgress, JobQueued, JobStarted,
                                 NotAllowed, QueueLimitReached, ReplyTarget)
-from storage import open_store
-
-
-class CountingExecutor(LocalExecutor):
-    """The real executor, recording the size of each batch it is given."""
-
-    def __init__(self, engine):
-        super().__init__(engine)
-        self.batches: list[list] = []
-
-    def run_batch(self, items, device=None):
-        self.batches.append([item.key for item in items])
-        return super().run_batch(items, device)
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def make_service(tmp_path, models_dir, registry):
-    made = []
-
-    async def factory(*, start=True, engine=None, **sections):
-        config = make_config(models_dir, tmp_path / "data", **sections)
-        store = await open_store(config.data_dir / "easel.db")
-        engine = engine or Engine(config=config, registry=registry)
-        executor = CountingExecutor(engine)
-        service = GenerationService(config=config, store=store, engine=engine, executor=executor)
-        made.append((service, store, executor))
-        if start:
-            await service.start()
-        return service
-
-    yield factory
-    for service, store, executor in made:
-        await service.stop()
-        executor.shutdown()
-        await store.close()
 
 
 async def collect_until_done(subscription, timeout=60):
